@@ -1,0 +1,108 @@
+"""Checks run once at the public boundary; each message names the argument and the value."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor
+
+TemperatureLike = Union[float, Tensor]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_embeddings(name: str, tensor: object) -> Tensor:
+    """Require a finite, floating ``(B, D)`` tensor."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {tensor.dtype}")
+    if tensor.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, D), got {tuple(tensor.shape)}")
+    if tensor.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one feature, got shape {tuple(tensor.shape)}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return tensor
+
+
+def check_same_layout(name: str, tensor: Tensor, like_name: str, like: Tensor) -> None:
+    """Require ``tensor`` to match ``like`` in feature size, dtype and device."""
+    if tensor.shape[1] != like.shape[1]:
+        raise ValueError(
+            f"{name} has feature size {tensor.shape[1]} but {like_name} has {like.shape[1]}"
+        )
+    if tensor.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype} but {like_name} has {like.dtype}")
+    if tensor.device != like.device:
+        raise ValueError(f"{name} is on {tensor.device} but {like_name} is on {like.device}")
+
+
+def check_same_shape(name: str, tensor: Tensor, like_name: str, like: Tensor) -> None:
+    if tensor.shape != like.shape:
+        raise ValueError(
+            f"{name} has shape {tuple(tensor.shape)} but {like_name} has {tuple(like.shape)}"
+        )
+    check_same_layout(name, tensor, like_name, like)
+
+
+def check_per_sample(name: str, value: Tensor, batch_size: int, device: torch.device) -> None:
+    """Require a finite floating ``(batch_size,)`` tensor on ``device``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a float or a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {value.dtype}")
+    if value.shape != (batch_size,):
+        raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(value.shape)}")
+    if value.device != device:
+        raise ValueError(f"{name} is on {value.device} but the embeddings are on {device}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def check_temperature(temperature: TemperatureLike, batch_size: int, device: torch.device) -> None:
+    """Require a positive float or a positive ``(batch_size,)`` tensor."""
+    if isinstance(temperature, Tensor):
+        check_per_sample("temperature", temperature, batch_size, device)
+        if not bool((temperature > 0).all()):
+            raise ValueError(
+                f"temperature must be > 0, got minimum {temperature.min().item():.6g}"
+            )
+        return
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(
+            f"temperature must be a float or a torch.Tensor, got {type(temperature).__name__}"
+        )
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite value > 0, got {temperature}")
+
+
+def check_weight(weight: Tensor, batch_size: int, device: torch.device, reduction: str) -> None:
+    """Require non-negative weights whose sum can divide a weighted mean."""
+    check_per_sample("weight", weight, batch_size, device)
+    if not bool((weight >= 0).all()):
+        raise ValueError(f"weight must be >= 0, got minimum {weight.min().item():.6g}")
+    if reduction == "mean" and not bool(weight.sum() > 0):
+        raise ValueError("weight sums to 0, so reduction='mean' is undefined")
+
+
+def check_index(index: object, batch_size: int, num_samples: int) -> Tensor:
+    """Require an integer ``(batch_size,)`` tensor of dataset indices in ``[0, num_samples)``."""
+    if not isinstance(index, Tensor):
+        raise TypeError(f"index must be a torch.Tensor, got {type(index).__name__}")
+    if index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"index must be an int64 or int32 tensor, got dtype {index.dtype}")
+    if index.shape != (batch_size,):
+        raise ValueError(f"index must have shape ({batch_size},), got {tuple(index.shape)}")
+    if batch_size and (int(index.min()) < 0 or int(index.max()) >= num_samples):
+        raise ValueError(
+            f"index must lie in [0, {num_samples}), got values in "
+            f"[{int(index.min())}, {int(index.max())}]"
+        )
+    return index

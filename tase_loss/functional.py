@@ -1,0 +1,299 @@
+"""The TASE losses as functions: validate, compute per-row losses, reduce.
+
+Every contrastive loss here is one weighted, per-anchor-temperature softmax
+cross-entropy over rows (see :mod:`tase_loss.reference` for the exact contract):
+
+    l_a = -s_{a,p(a)} / t_a + log sum_{k != a} exp(s_{a,k} / t_a)
+    L   = sum_a w_a l_a / sum_a w_a            (reduction "mean")
+
+With one temperature and unit weights, :func:`nt_xent_loss` is NT-Xent (SimCLR).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tase_loss._validation import (
+    TemperatureLike,
+    check_embeddings,
+    check_reduction,
+    check_same_layout,
+    check_same_shape,
+    check_temperature,
+    check_weight,
+)
+from tase_loss.reference import contrastive_rows_reference
+
+__all__ = [
+    "byol_loss",
+    "contrastive_rows",
+    "moco_loss",
+    "nt_xent_loss",
+    "simsiam_loss",
+    "weighted_reduce",
+]
+
+
+def contrastive_rows(
+    queries: Tensor,
+    keys: Tensor,
+    positive_index: Tensor,
+    self_index: Tensor,
+    inverse_temperature: Tensor,
+    weight: Tensor,
+) -> Tensor:
+    """Weighted per-row losses ``w_a * l_a``, shape ``(M,)``, without validation.
+
+    The building block under every contrastive loss of the library; the arguments
+    follow :func:`tase_loss.reference.contrastive_rows_reference`.
+    """
+    loss, _ = contrastive_rows_reference(
+        queries, keys, positive_index, self_index, inverse_temperature, weight
+    )
+    return loss
+
+
+def weighted_reduce(weighted_loss: Tensor, weight: Optional[Tensor], reduction: str) -> Tensor:
+    """Reduce per-sample losses that already carry their weights.
+
+    Args:
+        weighted_loss: ``(M,)`` values ``w_a * l_a``.
+        weight: ``(M,)`` weights ``w_a``, or ``None`` for unit weights.
+        reduction: ``"mean"`` gives ``sum(w l) / sum(w)``, ``"sum"`` gives
+            ``sum(w l)`` and ``"none"`` returns ``weighted_loss`` itself.
+
+    Returns:
+        A scalar, or ``(M,)`` for ``reduction="none"``.
+    """
+    if reduction == "none":
+        return weighted_loss
+    total = weighted_loss.sum()
+    if reduction == "sum":
+        return total
+    denominator = weighted_loss.new_tensor(weighted_loss.shape[0]) if weight is None else weight.sum()
+    return total / denominator.to(total.dtype)
+
+
+def _accumulation_dtype(tensor: Tensor) -> torch.dtype:
+    """float64 stays float64; every other floating dtype accumulates in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _unit_rows(embeddings: Tensor) -> Tensor:
+    """L2-normalize rows in the accumulation dtype, then return to the input dtype."""
+    return F.normalize(embeddings.to(_accumulation_dtype(embeddings)), dim=1).to(embeddings.dtype)
+
+
+def _per_row(value: Optional[TemperatureLike], batch_size: int, like: Tensor) -> Optional[Tensor]:
+    """A float or ``(B,)`` tensor as a ``(B,)`` tensor in the accumulation dtype."""
+    if value is None:
+        return None
+    dtype = _accumulation_dtype(like)
+    if isinstance(value, Tensor):
+        return value.to(dtype)
+    return torch.full((batch_size,), float(value), dtype=dtype, device=like.device)
+
+
+def _check_common(
+    temperature: TemperatureLike, weight: Optional[Tensor], reduction: str, like: Tensor
+) -> None:
+    check_reduction(reduction)
+    check_temperature(temperature, like.shape[0], like.device)
+    if weight is not None:
+        check_weight(weight, like.shape[0], like.device, reduction)
+
+
+def nt_xent_loss(
+    out0: Tensor,
+    out1: Tensor,
+    temperature: TemperatureLike = 0.2,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """NT-Xent (SimCLR) with a per-sample temperature and a per-sample weight.
+
+    Both views form ``M = 2B`` anchors; anchor ``a``'s positive is its other view and
+    its negatives are the other ``2B - 2`` embeddings. Sample ``b``'s temperature and
+    weight apply to both of its views.
+
+    Args:
+        out0: ``(B, D)`` embeddings of the first view; normalized inside.
+        out1: ``(B, D)`` embeddings of the second view.
+        temperature: a float, or a ``(B,)`` tensor of per-sample temperatures ``> 0``
+            (it may require grad).
+        weight: ``(B,)`` per-sample weights ``>= 0``, or ``None`` for unit weights.
+        reduction: ``"mean"`` (weighted mean over the ``2B`` anchors), ``"sum"`` or
+            ``"none"`` (the ``(2B,)`` vector ``w_a l_a``, first view's anchors first).
+
+    Returns:
+        The loss: a scalar, or ``(2B,)`` for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> out0, out1 = torch.randn(8, 16), torch.randn(8, 16)
+        >>> loss = nt_xent_loss(out0, out1, temperature=torch.full((8,), 0.2))
+        >>> torch.allclose(loss, nt_xent_loss(out0, out1, temperature=0.2))
+        True
+    """
+    check_embeddings("out0", out0)
+    check_embeddings("out1", out1)
+    check_same_shape("out1", out1, "out0", out0)
+    batch_size = out0.shape[0]
+    if batch_size < 2:
+        raise ValueError(
+            f"out0 holds {batch_size} sample(s); a contrast needs at least 2 (no negatives)"
+        )
+    _check_common(temperature, weight, reduction, out0)
+
+    embeddings = _unit_rows(torch.cat([out0, out1]))
+    rows = torch.arange(2 * batch_size, device=out0.device)
+    positive_index = rows.roll(batch_size)
+    inverse_temperature = 1.0 / _per_row(temperature, batch_size, out0).repeat(2)
+    row_weight = _per_row(weight, batch_size, out0)
+    row_weight = None if row_weight is None else row_weight.repeat(2)
+    weighted_loss = contrastive_rows(
+        embeddings,
+        embeddings,
+        positive_index,
+        rows,
+        inverse_temperature,
+        torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
+    )
+    return weighted_reduce(weighted_loss, row_weight, reduction)
+
+
+def moco_loss(
+    queries: Tensor,
+    keys: Tensor,
+    queue: Optional[Tensor] = None,
+    temperature: TemperatureLike = 0.2,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """InfoNCE of MoCo: query ``b``'s positive is key ``b``; the rest are negatives.
+
+    The candidates are ``[keys; queue]``: the batch's other keys count as negatives
+    (as in MoCo v3) next to the queue of earlier keys (MoCo v2). With a queue of
+    tens of thousands of keys the ``B - 1`` in-batch negatives change little, and
+    the loss stays one call of the fused op.
+
+    Args:
+        queries: ``(B, D)`` query embeddings (the anchors); normalized inside.
+        keys: ``(B, D)`` key embeddings (momentum encoder), same dtype and device.
+        queue: ``(S, D)`` earlier keys, or ``None``; normalized inside.
+        temperature: a float or a ``(B,)`` tensor of per-query temperatures ``> 0``.
+        weight: ``(B,)`` per-query weights ``>= 0``, or ``None``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (the ``(B,)`` vector ``w_b l_b``).
+
+    Returns:
+        The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> q, k, queue = torch.randn(8, 16), torch.randn(8, 16), torch.randn(64, 16)
+        >>> moco_loss(q, k, queue, temperature=0.2).shape
+        torch.Size([])
+    """
+    check_embeddings("queries", queries)
+    check_embeddings("keys", keys)
+    check_same_shape("keys", keys, "queries", queries)
+    if queue is not None:
+        check_embeddings("queue", queue)
+        check_same_layout("queue", queue, "queries", queries)
+    batch_size = queries.shape[0]
+    num_candidates = batch_size + (0 if queue is None else queue.shape[0])
+    if batch_size < 1 or num_candidates < 2:
+        raise ValueError(
+            f"queries holds {batch_size} sample(s) and the queue {num_candidates - batch_size};"
+            " a contrast needs at least one negative"
+        )
+    _check_common(temperature, weight, reduction, queries)
+
+    candidates = keys if queue is None else torch.cat([keys, queue])
+    rows = torch.arange(batch_size, device=queries.device)
+    inverse_temperature = 1.0 / _per_row(temperature, batch_size, queries)
+    row_weight = _per_row(weight, batch_size, queries)
+    weighted_loss = contrastive_rows(
+        _unit_rows(queries),
+        _unit_rows(candidates),
+        rows,
+        torch.full_like(rows, -1),
+        inverse_temperature,
+        torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
+    )
+    return weighted_reduce(weighted_loss, row_weight, reduction)
+
+
+def _cosine_per_sample(prediction: Tensor, target: Tensor) -> Tensor:
+    check_embeddings("prediction", prediction)
+    check_embeddings("target", target)
+    check_same_shape("target", target, "prediction", prediction)
+    # Stop-gradient on the target, as BYOL and SimSiam prescribe.
+    dtype = _accumulation_dtype(prediction)
+    return F.cosine_similarity(prediction.to(dtype), target.detach().to(dtype), dim=1)
+
+
+def _reduce_regression(per_sample: Tensor, weight: Optional[Tensor], reduction: str) -> Tensor:
+    check_reduction(reduction)
+    if weight is None:
+        return weighted_reduce(per_sample, None, reduction)
+    check_weight(weight, per_sample.shape[0], per_sample.device, reduction)
+    weight = weight.to(per_sample.dtype)
+    return weighted_reduce(weight * per_sample, weight, reduction)
+
+
+def byol_loss(
+    prediction: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """BYOL's per-sample ``2 - 2 cos(p, z)``, weighted like the contrastive losses.
+
+    Args:
+        prediction: ``(B, D)`` online predictor outputs.
+        target: ``(B, D)`` target projections; no gradient flows into them.
+        weight: ``(B,)`` per-sample weights ``>= 0`` (e.g. from
+            :class:`tase_loss.SampleReweighter`), or ``None``.
+        reduction: ``"mean"`` (``sum(w l) / sum(w)``), ``"sum"`` or ``"none"``.
+
+    Returns:
+        The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> p, z = torch.randn(8, 16), torch.randn(8, 16)
+        >>> float(byol_loss(p, p)) < 1e-6
+        True
+    """
+    return _reduce_regression(2.0 - 2.0 * _cosine_per_sample(prediction, target), weight, reduction)
+
+
+def simsiam_loss(
+    prediction: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """SimSiam's per-sample ``-cos(p, z)`` with stop-gradient on ``z``, weighted.
+
+    Args:
+        prediction: ``(B, D)`` predictor outputs.
+        target: ``(B, D)`` projections of the other view; no gradient flows into them.
+        weight: ``(B,)`` per-sample weights ``>= 0``, or ``None``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Returns:
+        The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> p = torch.randn(8, 16)
+        >>> round(float(simsiam_loss(p, p)), 4)
+        -1.0
+    """
+    return _reduce_regression(-_cosine_per_sample(prediction, target), weight, reduction)

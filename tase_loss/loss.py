@@ -1,0 +1,266 @@
+"""Loss modules: configuration and state around :mod:`tase_loss.functional`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tase_loss import functional
+from tase_loss._validation import (
+    TemperatureLike,
+    check_embeddings,
+    check_reduction,
+    check_temperature,
+)
+from tase_loss.pseudo_labeler import PseudoLabeler
+from tase_loss.reweighting import SampleReweighter, TemperatureMap
+
+__all__ = ["TASEContrastiveLoss", "TASECosineLoss"]
+
+
+class _PseudoLabelGuidance:
+    """Looks up per-sample temperatures and weights of a batch from a pseudo-labeler."""
+
+    def __init__(
+        self,
+        pseudo_labeler: Optional[PseudoLabeler],
+        temperature_map: Optional[TemperatureMap],
+        reweighter: Optional[SampleReweighter],
+    ) -> None:
+        self.pseudo_labeler = pseudo_labeler
+        self.temperature_map = temperature_map
+        self.reweighter = reweighter
+
+    def lookup(
+        self, index: Tensor, device: torch.device
+    ) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """``(temperature, weight)`` for the batch, ``None`` where NT-Xent's apply.
+
+        Before the labeler's first clustering (the warm-up) both are ``None``.
+        """
+        if self.pseudo_labeler is None:
+            raise ValueError("index= needs a pseudo_labeler attached to the loss")
+        if not self.pseudo_labeler.is_fitted:
+            return None, None
+        frequency = self.pseudo_labeler.frequency(index).to(device)
+        reference = self.pseudo_labeler.frequency_reference()
+        temperature = (
+            None if self.temperature_map is None else self.temperature_map(frequency, reference)
+        )
+        weight = None if self.reweighter is None else self.reweighter(frequency, reference)
+        return temperature, weight
+
+
+class TASEContrastiveLoss(nn.Module):
+    """NT-Xent / InfoNCE with per-anchor temperatures and per-sample weights (TASE).
+
+    Called as ``loss(out0, out1)`` it is NT-Xent (SimCLR): both views are anchors and
+    each anchor's positive is its other view. Per-sample temperatures and weights come
+    either directly (``temperature=``, ``weight=``) or, with ``index=``, from the
+    attached :class:`~tase_loss.PseudoLabeler` through a
+    :class:`~tase_loss.TemperatureMap` and a :class:`~tase_loss.SampleReweighter`
+    (both default to the spec's settings when a labeler is attached). During the
+    labeler's warm-up the loss is NT-Xent at ``temperature``.
+
+    With ``queue_size > 0`` it is MoCo's InfoNCE: ``out0`` are the queries (anchors),
+    ``out1`` the keys of the momentum encoder; the negatives are the queue of earlier
+    keys plus the batch's other keys. The queue is read before this batch's keys are
+    enqueued, starts empty (no random keys) and is a buffer, so it is part of
+    ``state_dict()``.
+
+    Args:
+        temperature: base temperature ``t`` (NT-Xent's), ``> 0``.
+        reduction: ``"mean"`` (weighted mean), ``"sum"`` or ``"none"``.
+        pseudo_labeler: source of frequency estimates for ``index=`` calls.
+        temperature_map: frequency -> temperature; defaults to
+            ``TemperatureMap(base_temperature=temperature)`` when a labeler is given.
+        reweighter: frequency -> weight; defaults to ``SampleReweighter()`` when a
+            labeler is given.
+        queue_size: MoCo queue length ``S``; ``0`` selects SimCLR mode.
+        embedding_dim: ``D``, needed to allocate the queue when ``queue_size > 0``.
+
+    Shape:
+        - out0, out1: ``(B, D)``.
+        - temperature, weight, index (call arguments): ``(B,)``.
+        - output: scalar, or ``(2B,)`` (SimCLR) / ``(B,)`` (MoCo) with ``"none"``.
+
+    Example:
+        >>> import torch
+        >>> criterion = TASEContrastiveLoss(temperature=0.2)
+        >>> out0, out1 = torch.randn(8, 16), torch.randn(8, 16)
+        >>> loss = criterion(out0, out1)
+        >>> weighted = criterion(out0, out1, temperature=torch.full((8,), 0.1),
+        ...                      weight=torch.rand(8))
+        >>> moco = TASEContrastiveLoss(queue_size=32, embedding_dim=16)
+        >>> moco(out0, out1).shape, int(moco.queue_length)
+        (torch.Size([]), 8)
+    """
+
+    queue: Tensor
+    queue_pointer: Tensor
+    queue_length: Tensor
+
+    def __init__(
+        self,
+        temperature: float = 0.2,
+        reduction: str = "mean",
+        *,
+        pseudo_labeler: Optional[PseudoLabeler] = None,
+        temperature_map: Optional[TemperatureMap] = None,
+        reweighter: Optional[SampleReweighter] = None,
+        queue_size: int = 0,
+        embedding_dim: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        check_temperature(temperature, 0, torch.device("cpu"))
+        check_reduction(reduction)
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 0:
+            raise ValueError(f"queue_size must be an integer >= 0, got {queue_size!r}")
+        if queue_size > 0 and (not isinstance(embedding_dim, int) or embedding_dim < 1):
+            raise ValueError(
+                f"embedding_dim must be a positive integer when queue_size > 0, got {embedding_dim!r}"
+            )
+        if pseudo_labeler is not None:
+            temperature_map = temperature_map or TemperatureMap(base_temperature=temperature)
+            reweighter = reweighter or SampleReweighter()
+        self.temperature = float(temperature)
+        self.reduction = reduction
+        self.queue_size = queue_size
+        self.guidance = _PseudoLabelGuidance(pseudo_labeler, temperature_map, reweighter)
+        if queue_size > 0:
+            self.register_buffer("queue", torch.zeros(queue_size, embedding_dim))
+            self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.int64))
+            self.register_buffer("queue_length", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def pseudo_labeler(self) -> Optional[PseudoLabeler]:
+        return self.guidance.pseudo_labeler
+
+    def forward(
+        self,
+        out0: Tensor,
+        out1: Tensor,
+        *,
+        temperature: Optional[TemperatureLike] = None,
+        weight: Optional[Tensor] = None,
+        index: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Compute the loss of a batch.
+
+        Args:
+            out0: ``(B, D)`` first view (SimCLR) or queries (MoCo).
+            out1: ``(B, D)`` second view (SimCLR) or keys (MoCo).
+            temperature: ``(B,)`` per-sample temperatures (or a float), overriding the
+                base temperature.
+            weight: ``(B,)`` per-sample weights.
+            index: ``(B,)`` dataset indices; temperatures and weights are looked up
+                from the pseudo-labeler. Exclusive with ``temperature`` and ``weight``.
+
+        Returns:
+            The loss (see the class's Shape section).
+        """
+        if index is not None:
+            if temperature is not None or weight is not None:
+                raise ValueError("pass either index= or temperature=/weight=, not both")
+            temperature, weight = self.guidance.lookup(index, out0.device)
+        if temperature is None:
+            temperature = self.temperature
+        if self.queue_size == 0:
+            return functional.nt_xent_loss(out0, out1, temperature, weight, self.reduction)
+        return self._moco_forward(out0, out1, temperature, weight)
+
+    def _moco_forward(
+        self, queries: Tensor, keys: Tensor, temperature: TemperatureLike, weight: Optional[Tensor]
+    ) -> Tensor:
+        check_embeddings("out1", keys)
+        if keys.shape[0] > self.queue_size:
+            raise ValueError(
+                f"a batch of {keys.shape[0]} keys does not fit in a queue of {self.queue_size}"
+            )
+        if keys.shape[1] != self.queue.shape[1]:
+            raise ValueError(
+                f"out1 has feature size {keys.shape[1]} but the queue holds {self.queue.shape[1]}"
+            )
+        queue = self.queue[: int(self.queue_length)].to(dtype=keys.dtype, device=keys.device)
+        loss = functional.moco_loss(queries, keys, queue, temperature, weight, self.reduction)
+        self._enqueue(keys)
+        return loss
+
+    @torch.no_grad()
+    def _enqueue(self, keys: Tensor) -> None:
+        """Write keys at the pointer, wrapping around; the oldest keys are replaced."""
+        batch_size = keys.shape[0]
+        slots = (self.queue_pointer + torch.arange(batch_size, device=self.queue.device)) % self.queue_size
+        self.queue[slots] = F.normalize(keys.detach().float(), dim=1).to(self.queue)
+        self.queue_pointer.copy_((self.queue_pointer + batch_size) % self.queue_size)
+        self.queue_length.copy_(torch.clamp(self.queue_length + batch_size, max=self.queue_size))
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}, queue_size={self.queue_size}"
+
+
+class TASECosineLoss(nn.Module):
+    """BYOL / SimSiam per-sample cosine loss with TASE's per-sample weights.
+
+    BYOL and SimSiam have no softmax and no temperature; quantity awareness enters as
+    the weighted mean ``sum_b w_b l_b / sum_b w_b`` of their per-sample loss, with
+    weights from the same :class:`~tase_loss.SampleReweighter`.
+
+    Args:
+        variant: ``"byol"`` (``2 - 2 cos``) or ``"simsiam"`` (``-cos``).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        pseudo_labeler: source of frequency estimates for ``index=`` calls.
+        reweighter: frequency -> weight; defaults to ``SampleReweighter()`` when a
+            labeler is given.
+
+    Example:
+        >>> import torch
+        >>> criterion = TASECosineLoss("simsiam")
+        >>> p, z = torch.randn(8, 16), torch.randn(8, 16)
+        >>> loss = criterion(p, z, weight=torch.rand(8))
+    """
+
+    VARIANTS = ("byol", "simsiam")
+
+    def __init__(
+        self,
+        variant: str = "byol",
+        reduction: str = "mean",
+        *,
+        pseudo_labeler: Optional[PseudoLabeler] = None,
+        reweighter: Optional[SampleReweighter] = None,
+    ) -> None:
+        super().__init__()
+        if variant not in self.VARIANTS:
+            raise ValueError(f"variant must be one of {self.VARIANTS}, got {variant!r}")
+        check_reduction(reduction)
+        if pseudo_labeler is not None:
+            reweighter = reweighter or SampleReweighter()
+        self.variant = variant
+        self.reduction = reduction
+        self.guidance = _PseudoLabelGuidance(pseudo_labeler, None, reweighter)
+
+    def forward(
+        self,
+        prediction: Tensor,
+        target: Tensor,
+        *,
+        weight: Optional[Tensor] = None,
+        index: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Loss of ``(B, D)`` predictions against ``(B, D)`` targets (stop-gradient).
+
+        ``weight=`` gives ``(B,)`` weights directly; ``index=`` looks them up.
+        """
+        if index is not None:
+            if weight is not None:
+                raise ValueError("pass either index= or weight=, not both")
+            _, weight = self.guidance.lookup(index, prediction.device)
+        loss_function = functional.byol_loss if self.variant == "byol" else functional.simsiam_loss
+        return loss_function(prediction, target, weight, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}, reduction={self.reduction!r}"
