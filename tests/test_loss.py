@@ -1,0 +1,142 @@
+"""TASEContrastiveLoss / TASECosineLoss: NT-Xent parity, pseudo-label lookup, the MoCo queue."""
+
+import pytest
+import torch
+
+from tase_loss import (
+    PseudoLabeler,
+    SampleReweighter,
+    TASEContrastiveLoss,
+    TASECosineLoss,
+    TemperatureMap,
+    nt_xent_loss,
+)
+
+from oracles import cosine_loop, lightly_nt_xent, moco_loop, nt_xent_loop
+
+F64 = torch.float64
+
+
+def _batch(batch_size=6, dim=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(batch_size, dim, dtype=F64, generator=generator),
+        torch.randn(batch_size, dim, dtype=F64, generator=generator),
+    )
+
+
+def _fitted_labeler(num_samples=40, dim=4, **options):
+    generator = torch.Generator().manual_seed(1)
+    centers = torch.randn(4, dim, generator=generator)
+    labels = torch.tensor([0] * 24 + [1] * 10 + [2] * 4 + [3] * 2)
+    labeler = PseudoLabeler(num_samples, dim, num_clusters=4, warmup_epochs=0, **options)
+    labeler.update(torch.arange(40), centers[labels] + 0.05 * torch.randn(40, dim, generator=generator))
+    labeler.recluster()
+    return labeler
+
+
+def test_plain_call_is_nt_xent():
+    out0, out1 = _batch()
+    loss = TASEContrastiveLoss(temperature=0.5)(out0, out1)
+    torch.testing.assert_close(loss, lightly_nt_xent(out0, out1, 0.5), rtol=1e-6, atol=0)
+
+
+def test_index_during_warmup_is_nt_xent():
+    labeler = PseudoLabeler(40, 4, num_clusters=4, warmup_epochs=5)
+    criterion = TASEContrastiveLoss(temperature=0.3, pseudo_labeler=labeler)
+    out0, out1 = _batch()
+    torch.testing.assert_close(
+        criterion(out0, out1, index=torch.arange(6)), nt_xent_loss(out0, out1, 0.3)
+    )
+
+
+def test_index_lookup_applies_the_maps_with_the_dataset_reference():
+    labeler = _fitted_labeler()
+    temperature_map = TemperatureMap(base_temperature=0.2, gamma=0.5)
+    reweighter = SampleReweighter(alpha=1.0)
+    criterion = TASEContrastiveLoss(
+        temperature=0.2, pseudo_labeler=labeler, temperature_map=temperature_map, reweighter=reweighter
+    )
+    index = torch.tensor([0, 30, 36, 38, 39, 5])
+    out0, out1 = _batch()
+    frequency = labeler.frequency(index)
+    reference = labeler.frequency_reference()
+    temperature = temperature_map(frequency, reference).double()
+    weight = reweighter(frequency, reference).double()
+    assert float(temperature[-2]) < float(temperature[0])  # tail sample, smaller temperature
+    assert float(weight[-2]) > float(weight[0])
+    torch.testing.assert_close(
+        criterion(out0, out1, index=index), nt_xent_loop(out0, out1, temperature, weight),
+        rtol=1e-6, atol=0,
+    )
+
+
+def test_default_maps_follow_the_spec():
+    criterion = TASEContrastiveLoss(temperature=0.1, pseudo_labeler=_fitted_labeler())
+    assert criterion.guidance.temperature_map.base_temperature == 0.1
+    assert criterion.guidance.temperature_map.gamma == 0.25
+    assert criterion.guidance.reweighter.alpha == 0.5
+
+
+def test_reduction_none_returns_both_views():
+    out0, out1 = _batch()
+    per_anchor = TASEContrastiveLoss(reduction="none")(out0, out1)
+    assert per_anchor.shape == (12,)
+    torch.testing.assert_close(per_anchor.mean(), TASEContrastiveLoss()(out0, out1))
+
+
+def test_moco_reads_the_queue_before_enqueueing_and_wraps_without_dropping():
+    criterion = TASEContrastiveLoss(temperature=0.2, queue_size=10, embedding_dim=4).double()
+    batches = [_batch(4, seed=seed) for seed in range(4)]
+    temperature = torch.full((4,), 0.2, dtype=F64)
+    ones = torch.ones(4, dtype=F64)
+    seen_keys = []
+    for queries, keys in batches:
+        queue = torch.cat(seen_keys[-10:]) if seen_keys else torch.zeros(0, 4, dtype=F64)
+        queue = queue[-10:]
+        expected = moco_loop(queries, keys, queue, temperature, ones)
+        torch.testing.assert_close(criterion(queries, keys), expected, rtol=1e-6, atol=0)
+        seen_keys.extend(torch.nn.functional.normalize(keys, dim=1).split(1))
+    # 16 keys through a queue of 10: slots hold keys 10..15 then 6..9 (ring order).
+    expected_queue = torch.cat(seen_keys[10:16] + seen_keys[6:10])
+    torch.testing.assert_close(criterion.queue, expected_queue)
+    assert int(criterion.queue_length) == 10 and int(criterion.queue_pointer) == 6
+
+
+def test_moco_state_dict_round_trip_continues_exactly():
+    criterion = TASEContrastiveLoss(queue_size=8, embedding_dim=4)
+    for seed in range(3):
+        criterion(*[t.float() for t in _batch(3, seed=seed)])
+    resumed = TASEContrastiveLoss(queue_size=8, embedding_dim=4)
+    resumed.load_state_dict(criterion.state_dict())
+    queries, keys = [t.float() for t in _batch(3, seed=9)]
+    assert torch.equal(criterion(queries, keys), resumed(queries, keys))
+    assert torch.equal(criterion.queue, resumed.queue)
+
+
+def test_cosine_loss_lookup_weights_match_loop():
+    labeler = _fitted_labeler()
+    criterion = TASECosineLoss("simsiam", pseudo_labeler=labeler)
+    prediction, target = _batch()
+    index = torch.tensor([0, 30, 36, 38, 39, 5])
+    weight = SampleReweighter()(labeler.frequency(index), labeler.frequency_reference()).double()
+    torch.testing.assert_close(
+        criterion(prediction, target, index=index),
+        cosine_loop(prediction, target, weight, "simsiam"),
+        rtol=1e-6, atol=0,
+    )
+
+
+def test_learnable_temperature_gets_a_gradient():
+    log_temperature = torch.nn.Parameter(torch.tensor(-1.6, dtype=F64))
+    out0, out1 = _batch()
+    loss = TASEContrastiveLoss()(out0, out1, temperature=log_temperature.exp().expand(6))
+    loss.backward()
+    assert log_temperature.grad is not None and torch.isfinite(log_temperature.grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_module_reductions_shapes(reduction):
+    out0, out1 = _batch()
+    loss = TASEContrastiveLoss(reduction=reduction)(out0, out1, weight=torch.rand(6, dtype=F64))
+    assert loss.shape == ((12,) if reduction == "none" else ())
