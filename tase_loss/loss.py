@@ -45,12 +45,15 @@ class _PseudoLabelGuidance:
             raise ValueError("index= needs a pseudo_labeler attached to the loss")
         if not self.pseudo_labeler.is_fitted:
             return None, None
-        frequency = self.pseudo_labeler.frequency(index).to(device)
+        log_frequency = self.pseudo_labeler.log_frequency_of(index)
         reference = self.pseudo_labeler.frequency_reference()
-        temperature = (
-            None if self.temperature_map is None else self.temperature_map(frequency, reference)
-        )
-        weight = None if self.reweighter is None else self.reweighter(frequency, reference)
+        temperature = weight = None
+        if self.temperature_map is not None:
+            temperature = self.temperature_map.from_log_frequency(log_frequency, reference)
+            temperature = temperature.to(device, non_blocking=True)
+        if self.reweighter is not None:
+            weight = self.reweighter.from_log_frequency(log_frequency, reference)
+            weight = weight.to(device, non_blocking=True)
         return temperature, weight
 
 

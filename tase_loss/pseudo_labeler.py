@@ -251,16 +251,19 @@ class PseudoLabeler:
             ``(B,)`` frequencies in ``(0, 1]``; samples without an estimate get the
             geometric mean of all estimates.
         """
+        return self.log_frequency_of(index).exp().float().to(index.device)
+
+    def log_frequency_of(self, index: Tensor) -> Tensor:
+        """``log f_i`` of a batch, float64, on the CPU (see :meth:`frequency`)."""
         reference = self.frequency_reference()
         if not isinstance(index, Tensor) or index.dim() != 1:
             raise ValueError("index must be a (B,) torch.Tensor")
         cpu_index = check_index(index, index.shape[0], self.num_samples).cpu().long()
-        log_frequency = torch.where(
+        return torch.where(
             self.has_estimate[cpu_index],
             self.log_frequency[cpu_index],
             torch.tensor(reference.log_mean, dtype=torch.float64),
         )
-        return log_frequency.exp().float().to(index.device)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs: the bank, labels, estimates and fit count."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -42,7 +42,11 @@ class FrequencyReference:
     @classmethod
     def of(cls, frequency: Tensor) -> "FrequencyReference":
         """The statistics of a tensor of frequencies, e.g. a batch's."""
-        log_frequency = _log_frequency(frequency)
+        return cls.of_log(_log_frequency(frequency))
+
+    @classmethod
+    def of_log(cls, log_frequency: Tensor) -> "FrequencyReference":
+        """The statistics of a tensor of log-frequencies."""
         return cls(
             log_mean=float(log_frequency.mean()),
             log_min=float(log_frequency.min()),
@@ -60,10 +64,8 @@ def _log_frequency(frequency: Tensor) -> Tensor:
     return frequency.detach().double().log()
 
 
-def _relative_log_frequency(frequency: Tensor, reference: Optional[FrequencyReference]) -> Tensor:
-    log_frequency = _log_frequency(frequency)
-    log_mean = log_frequency.mean() if reference is None else reference.log_mean
-    return log_frequency - log_mean
+def _log_mean(log_frequency: Tensor, reference: Optional[FrequencyReference]) -> Union[Tensor, float]:
+    return log_frequency.mean() if reference is None else reference.log_mean
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -106,7 +108,17 @@ class SampleReweighter:
         Returns:
             ``(B,)`` weights, float32, on ``frequency``'s device.
         """
-        relative = _relative_log_frequency(frequency, reference)
+        return self.from_log_frequency(_log_frequency(frequency), reference)
+
+    def from_log_frequency(
+        self, log_frequency: Tensor, reference: Optional[FrequencyReference] = None
+    ) -> Tensor:
+        """Weights for ``(B,)`` log-frequencies already known to be valid (no checks).
+
+        The fast path of :class:`~tase_loss.TASEContrastiveLoss`, which reads
+        log-frequencies straight from the :class:`~tase_loss.PseudoLabeler`.
+        """
+        relative = log_frequency - _log_mean(log_frequency, reference)
         weight = torch.exp(-self.alpha * relative).clamp(1.0 / self.max_weight, self.max_weight)
         return weight.float()
 
@@ -178,12 +190,17 @@ class TemperatureMap:
         Returns:
             ``(B,)`` temperatures, float32, on ``frequency``'s device.
         """
+        return self.from_log_frequency(_log_frequency(frequency), reference)
+
+    def from_log_frequency(
+        self, log_frequency: Tensor, reference: Optional[FrequencyReference] = None
+    ) -> Tensor:
+        """Temperatures for ``(B,)`` log-frequencies already known to be valid (no checks)."""
         if self.mapping == "power":
-            relative = _relative_log_frequency(frequency, reference)
+            relative = log_frequency - _log_mean(log_frequency, reference)
             temperature = self.base_temperature * torch.exp(self.gamma * relative)
         else:
-            log_frequency = _log_frequency(frequency)
-            reference = reference or FrequencyReference.of(frequency)
+            reference = reference or FrequencyReference.of_log(log_frequency)
             span = reference.log_max - reference.log_min
             position = (
                 ((log_frequency - reference.log_min) / span).clamp(0.0, 1.0)
