@@ -72,7 +72,7 @@ class TASEContrastiveLoss(nn.Module):
     keys plus the batch's other keys. The queue is read before this batch's keys are
     enqueued, starts empty (no random keys) and is a buffer, so it is part of
     ``state_dict()``. Inside :meth:`queue_frozen` the queue is read but not written
-    (for a second forward pass over the same batch, as in rwSAM).
+    (for two forward passes over one batch, as in rwSAM).
 
     Args:
         temperature: base temperature ``t`` (NT-Xent's), ``> 0``.
@@ -147,8 +147,9 @@ class TASEContrastiveLoss(nn.Module):
     def queue_frozen(self) -> Iterator[None]:
         """Within the block, MoCo calls read the queue but do not enqueue their keys.
 
-        A second pass over the same batch (rwSAM's, for example) must not enqueue
-        the batch's keys again. Without a queue (SimCLR mode) this changes nothing.
+        Two passes over one batch (rwSAM's) must enqueue its keys once, and the
+        second must not contrast against them: run the first pass inside this block.
+        Without a queue (SimCLR mode) this changes nothing.
 
         Example:
             >>> import torch
