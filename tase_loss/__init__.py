@@ -7,10 +7,20 @@ from tase_loss.functional import byol_loss, moco_loss, nt_xent_loss, simsiam_los
 from tase_loss.loss import TASEContrastiveLoss, TASECosineLoss
 from tase_loss.pseudo_labeler import NotFittedError, PseudoLabeler
 from tase_loss.reweighting import FrequencyReference, SampleReweighter, TemperatureMap
+from tase_loss.density import FrequencyWeights, KNNDensityWeights, knn_log_density
+from tase_loss.rwsam import RwSAM, frozen_batch_norm, rwsam_step
+from tase_loss.schedules import CosineTemperatureSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CosineTemperatureSchedule",
+    "FrequencyWeights",
+    "KNNDensityWeights",
+    "RwSAM",
+    "frozen_batch_norm",
+    "knn_log_density",
+    "rwsam_step",
     "FrequencyReference",
     "NotFittedError",
     "PseudoLabeler",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
@@ -72,7 +74,8 @@ class TASEContrastiveLoss(nn.Module):
     ``out1`` the keys of the momentum encoder; the negatives are the queue of earlier
     keys plus the batch's other keys. The queue is read before this batch's keys are
     enqueued, starts empty (no random keys) and is a buffer, so it is part of
-    ``state_dict()``.
+    ``state_dict()``. Inside :meth:`queue_frozen` the queue is read but not written
+    (for two forward passes over one batch, as in rwSAM).
 
     Args:
         temperature: base temperature ``t`` (NT-Xent's), ``> 0``.
@@ -133,6 +136,7 @@ class TASEContrastiveLoss(nn.Module):
         self.reduction = reduction
         self.queue_size = queue_size
         self.guidance = _PseudoLabelGuidance(pseudo_labeler, temperature_map, reweighter)
+        self._queue_frozen = False
         if queue_size > 0:
             self.register_buffer("queue", torch.zeros(queue_size, embedding_dim))
             self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.int64))
@@ -141,6 +145,30 @@ class TASEContrastiveLoss(nn.Module):
     @property
     def pseudo_labeler(self) -> Optional[PseudoLabeler]:
         return self.guidance.pseudo_labeler
+
+    @contextlib.contextmanager
+    def queue_frozen(self) -> Iterator[None]:
+        """Within the block, MoCo calls read the queue but do not enqueue their keys.
+
+        Two passes over one batch (rwSAM's) must enqueue its keys once, and the
+        second must not contrast against them: run the first pass inside this block.
+        Without a queue (SimCLR mode) this changes nothing.
+
+        Example:
+            >>> import torch
+            >>> criterion = TASEContrastiveLoss(queue_size=16, embedding_dim=4)
+            >>> queries, keys = torch.randn(4, 4), torch.randn(4, 4)
+            >>> with criterion.queue_frozen():
+            ...     loss = criterion(queries, keys)
+            >>> int(criterion.queue_length)
+            0
+        """
+        previous = self._queue_frozen
+        self._queue_frozen = True
+        try:
+            yield
+        finally:
+            self._queue_frozen = previous
 
     def forward(
         self,
@@ -189,7 +217,8 @@ class TASEContrastiveLoss(nn.Module):
             )
         queue = self.queue[: int(self.queue_length)].to(dtype=keys.dtype, device=keys.device)
         loss = functional.moco_loss(queries, keys, queue, temperature, weight, self.reduction)
-        self._enqueue(keys)
+        if not self._queue_frozen:
+            self._enqueue(keys)
         return loss
 
     @torch.no_grad()

@@ -1,7 +1,7 @@
 """Pseudo-labels and frequency estimates from spherical k-means over a feature bank.
 
-The only module of the library that imports ``faiss``; the import is lazy so that the
-losses work without it.
+With :mod:`tase_loss.density`, the only modules of the library that import ``faiss``;
+the import is lazy so that the losses work without it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,93 @@
+"""The cosine temperature schedule (Kukleva et al., ICLR 2023) alone and with TASE."""
+
+import math
+
+import pytest
+import torch
+
+from tase_loss import (
+    CosineTemperatureSchedule,
+    PseudoLabeler,
+    TASEContrastiveLoss,
+    TemperatureMap,
+    nt_xent_loss,
+)
+
+
+def _formula(epoch, t_lo, t_hi, period):
+    return t_lo + 0.5 * (t_hi - t_lo) * (1 + math.cos(2 * math.pi * epoch / period))
+
+
+@pytest.mark.parametrize("t_lo,t_hi,period", [(0.1, 1.0, 400), (0.05, 0.5, 37)])
+def test_values_match_the_formula_at_quarter_periods(t_lo, t_hi, period):
+    schedule = CosineTemperatureSchedule(t_lo, t_hi, period)
+    landmarks = {0: t_hi, period / 4: (t_lo + t_hi) / 2, period / 2: t_lo, period: t_hi}
+    for epoch, expected in landmarks.items():
+        assert schedule(epoch) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    for epoch in (1, 17.5, 3 * period / 4, 2 * period + 3):
+        assert schedule(epoch) == pytest.approx(_formula(epoch, t_lo, t_hi, period), rel=1e-14)
+
+
+def test_defaults_are_the_papers():
+    schedule = CosineTemperatureSchedule()
+    assert (schedule.t_lo, schedule.t_hi, schedule.period) == (0.1, 1.0, 400.0)
+
+
+def test_ts_baseline_is_nt_xent_at_the_scheduled_temperature():
+    schedule = CosineTemperatureSchedule(0.1, 1.0, period=40)
+    criterion = TASEContrastiveLoss(temperature=0.2)
+    out0, out1 = torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    for epoch in (0, 7, 20, 33):
+        schedule.apply(criterion, epoch)
+        expected = nt_xent_loss(out0, out1, temperature=_formula(epoch, 0.1, 1.0, 40))
+        torch.testing.assert_close(criterion(out0, out1), expected)
+
+
+def test_schedule_modulates_the_tase_base_temperature():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(60, 4, generator=generator)
+    labeler = PseudoLabeler(60, 4, num_clusters=3, warmup_epochs=0, num_threads=1)
+    labeler.update(torch.arange(60), features)
+    labeler.maybe_recluster(epoch=0)
+    temperature_map = TemperatureMap(base_temperature=0.2, gamma=0.25, min_temperature=0.05)
+    criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=labeler, temperature_map=temperature_map)
+    schedule = CosineTemperatureSchedule(0.1, 1.0, period=10)
+    index = torch.arange(8)
+    out0, out1 = torch.randn(8, 4, generator=generator), torch.randn(8, 4, generator=generator)
+    for epoch in (0, 2.5, 5):
+        value = schedule.apply(criterion, epoch)
+        assert temperature_map.base_temperature == criterion.temperature == value
+        frequency = labeler.frequency(index)
+        relative = frequency.double().log() - labeler.frequency_reference().log_mean
+        expected_temperature = (value * torch.exp(0.25 * relative)).clamp(0.05, 1.0).float()
+        torch.testing.assert_close(
+            criterion(out0, out1, index=index),
+            nt_xent_loss(out0, out1, temperature=expected_temperature, weight=criterion.guidance.reweighter(
+                frequency, labeler.frequency_reference())),
+        )
+    assert schedule.apply(temperature_map, 5) == pytest.approx(0.1)
+
+
+def test_a_schedule_outside_the_maps_clip_range_is_refused():
+    schedule = CosineTemperatureSchedule(0.01, 1.0)
+    temperature_map = TemperatureMap(min_temperature=0.05)
+    with pytest.raises(ValueError, match="clip range"):
+        schedule.apply(temperature_map, 0)
+    assert temperature_map.base_temperature == 0.2  # unchanged
+    with pytest.raises(ValueError, match="clip range"):
+        CosineTemperatureSchedule(0.1, 2.0).apply(TemperatureMap(), 0)
+
+
+def test_invalid_arguments_name_themselves():
+    with pytest.raises(ValueError, match="t_lo"):
+        CosineTemperatureSchedule(t_lo=0.0)
+    with pytest.raises(ValueError, match="t_hi"):
+        CosineTemperatureSchedule(t_hi=float("inf"))
+    with pytest.raises(ValueError, match="period"):
+        CosineTemperatureSchedule(period=0)
+    with pytest.raises(ValueError, match="must not exceed"):
+        CosineTemperatureSchedule(t_lo=0.5, t_hi=0.2)
+    with pytest.raises(ValueError, match="epoch"):
+        CosineTemperatureSchedule()(-1)
+    with pytest.raises(TypeError, match="target"):
+        CosineTemperatureSchedule().apply(object(), 0)
