@@ -27,13 +27,14 @@ Like :mod:`tase_loss.pseudo_labeler`, ``faiss`` is imported lazily.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tase_loss._faiss import faiss_threads, import_faiss
 from tase_loss._validation import check_embeddings, check_index
 from tase_loss.pseudo_labeler import PseudoLabeler
 from tase_loss.reweighting import SampleReweighter
@@ -43,17 +44,6 @@ __all__ = ["FrequencyWeights", "KNNDensityWeights", "inverse_density_weights", "
 KERNELS = ("exponential", "kth_neighbor")
 _MIN_DISTANCE = 1e-6
 _QUERY_CHUNK = 4096
-
-
-def _import_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as error:  # pragma: no cover - exercised only without faiss
-        raise ImportError(
-            "kNN density weights need FAISS: install it with `pip install faiss-cpu` "
-            "(or faiss-gpu on a CUDA machine)"
-        ) from error
-    return faiss
 
 
 def _check_density_options(k: object, kernel: object, bandwidth: object) -> None:
@@ -120,17 +110,12 @@ def knn_log_density(
 
 def _knn_excluding_self(unit: Tensor, k: int, num_threads: Optional[int]) -> Tensor:
     """``(N, k)`` indices of each row's k most similar other rows (exact search)."""
-    faiss = _import_faiss()
+    faiss = import_faiss("kNN density weights")
     points = np.ascontiguousarray(unit.float().numpy())
     index = faiss.IndexFlatIP(points.shape[1])
-    threads_before = faiss.omp_get_max_threads()
-    if num_threads is not None:
-        faiss.omp_set_num_threads(num_threads)
-    try:
+    with faiss_threads(faiss, num_threads):
         index.add(points)
         _, found = index.search(points, k + 1)
-    finally:
-        faiss.omp_set_num_threads(threads_before)
     found = torch.from_numpy(found).long()
     # Move the point itself (wherever ties put it) to the end and keep the first k; if
     # duplicates pushed it out of the k + 1, the first k are k others anyway.

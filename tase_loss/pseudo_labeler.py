@@ -1,7 +1,6 @@
 """Pseudo-labels and frequency estimates from spherical k-means over a feature bank.
 
-With :mod:`tase_loss.density`, the only modules of the library that import ``faiss``;
-the import is lazy so that the losses work without it.
+FAISS is imported lazily (through :mod:`tase_loss._faiss`), so the losses work without it.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tase_loss._faiss import faiss_threads, import_faiss
 from tase_loss._validation import check_embeddings, check_index
 from tase_loss.reweighting import FrequencyReference
 
@@ -23,17 +23,6 @@ __all__ = ["NotFittedError", "PseudoLabeler"]
 
 class NotFittedError(ValueError):
     """The pseudo-labeler was asked for estimates before its first clustering."""
-
-
-def _import_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as error:  # pragma: no cover - exercised only without faiss
-        raise ImportError(
-            "PseudoLabeler needs FAISS: install it with `pip install faiss-cpu` "
-            "(or faiss-gpu on a CUDA machine)"
-        ) from error
-    return faiss
 
 
 class PseudoLabeler:
@@ -202,7 +191,7 @@ class PseudoLabeler:
         self._reference = self._compute_reference()
 
     def _kmeans_labels(self, points: np.ndarray, count: int, seed: int) -> np.ndarray:
-        faiss = _import_faiss()
+        faiss = import_faiss("PseudoLabeler")
         kmeans = faiss.Kmeans(
             points.shape[1],
             count,
@@ -215,14 +204,9 @@ class PseudoLabeler:
             max_points_per_centroid=math.ceil(points.shape[0] / count) + 1,
             min_points_per_centroid=1,
         )
-        threads_before = faiss.omp_get_max_threads()
-        if self.num_threads is not None:
-            faiss.omp_set_num_threads(self.num_threads)
-        try:
+        with faiss_threads(faiss, self.num_threads):
             kmeans.train(points)
             _, assignment = kmeans.index.search(points, 1)
-        finally:
-            faiss.omp_set_num_threads(threads_before)
         return assignment[:, 0].astype(np.int64)
 
     def _compute_reference(self) -> FrequencyReference:
