@@ -71,6 +71,14 @@ class TASEContrastiveLoss(nn.Module):
     enqueued, starts empty (no random keys) and is a buffer, so it is part of
     ``state_dict()``.
 
+    With ``gather_distributed=True`` under ``torch.distributed`` (DDP), the loss is
+    that of the union of all ranks' batches: negatives come from every rank (gathered
+    with gradients), the weighted mean divides by the weights of all ranks, and every
+    rank returns that same global value; after DDP averages the parameter gradients
+    they are exactly those of one process on the concatenated batch. Per-sample
+    temperatures and weights stay local. In MoCo mode all ranks' keys are enqueued in
+    rank order, so the queues stay identical. See ``docs/distributed.md``.
+
     Args:
         temperature: base temperature ``t`` (NT-Xent's), ``> 0``.
         reduction: ``"mean"`` (weighted mean), ``"sum"`` or ``"none"``.
@@ -81,6 +89,8 @@ class TASEContrastiveLoss(nn.Module):
             labeler is given.
         queue_size: MoCo queue length ``S``; ``0`` selects SimCLR mode.
         embedding_dim: ``D``, needed to allocate the queue when ``queue_size > 0``.
+        gather_distributed: compute the loss over all ranks of the default process
+            group (the identity without one).
 
     Shape:
         - out0, out1: ``(B, D)``.
@@ -113,6 +123,7 @@ class TASEContrastiveLoss(nn.Module):
         reweighter: Optional[SampleReweighter] = None,
         queue_size: int = 0,
         embedding_dim: Optional[int] = None,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         check_temperature(temperature, 0, torch.device("cpu"))
@@ -129,6 +140,7 @@ class TASEContrastiveLoss(nn.Module):
         self.temperature = float(temperature)
         self.reduction = reduction
         self.queue_size = queue_size
+        self.gather_distributed = bool(gather_distributed)
         self.guidance = _PseudoLabelGuidance(pseudo_labeler, temperature_map, reweighter)
         if queue_size > 0:
             self.register_buffer("queue", torch.zeros(queue_size, embedding_dim))
@@ -169,24 +181,40 @@ class TASEContrastiveLoss(nn.Module):
         if temperature is None:
             temperature = self.temperature
         if self.queue_size == 0:
-            return functional.nt_xent_loss(out0, out1, temperature, weight, self.reduction)
+            return functional.nt_xent_loss(
+                out0,
+                out1,
+                temperature,
+                weight,
+                self.reduction,
+                gather_distributed=self.gather_distributed,
+            )
         return self._moco_forward(out0, out1, temperature, weight)
 
     def _moco_forward(
         self, queries: Tensor, keys: Tensor, temperature: TemperatureLike, weight: Optional[Tensor]
     ) -> Tensor:
         check_embeddings("out1", keys)
-        if keys.shape[0] > self.queue_size:
-            raise ValueError(
-                f"a batch of {keys.shape[0]} keys does not fit in a queue of {self.queue_size}"
-            )
         if keys.shape[1] != self.queue.shape[1]:
             raise ValueError(
                 f"out1 has feature size {keys.shape[1]} but the queue holds {self.queue.shape[1]}"
             )
         queue = self.queue[: int(self.queue_length)].to(dtype=keys.dtype, device=keys.device)
-        loss = functional.moco_loss(queries, keys, queue, temperature, weight, self.reduction)
-        self._enqueue(keys)
+        loss, all_keys = functional.moco_loss_and_all_keys(
+            queries,
+            keys,
+            queue,
+            temperature,
+            weight,
+            self.reduction,
+            gather_distributed=self.gather_distributed,
+        )
+        # Every rank enqueues all ranks' keys in rank order: the queues stay identical.
+        if all_keys.shape[0] > self.queue_size:
+            raise ValueError(
+                f"a batch of {all_keys.shape[0]} keys does not fit in a queue of {self.queue_size}"
+            )
+        self._enqueue(all_keys)
         return loss
 
     @torch.no_grad()
@@ -199,7 +227,10 @@ class TASEContrastiveLoss(nn.Module):
         self.queue_length.copy_(torch.clamp(self.queue_length + batch_size, max=self.queue_size))
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}, queue_size={self.queue_size}"
+        return (
+            f"temperature={self.temperature}, reduction={self.reduction!r}, "
+            f"queue_size={self.queue_size}, gather_distributed={self.gather_distributed}"
+        )
 
 
 class TASECosineLoss(nn.Module):
