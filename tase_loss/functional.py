@@ -331,13 +331,15 @@ def _cosine_per_sample(prediction: Tensor, target: Tensor) -> Tensor:
     return F.cosine_similarity(prediction.to(dtype), target.detach().to(dtype), dim=1)
 
 
-def _reduce_regression(per_sample: Tensor, weight: Optional[Tensor], reduction: str) -> Tensor:
+def _reduce_regression(
+    per_sample: Tensor, weight: Optional[Tensor], reduction: str, across_ranks: bool
+) -> Tensor:
     check_reduction(reduction)
     if weight is None:
-        return weighted_reduce(per_sample, None, reduction)
-    check_weight(weight, per_sample.shape[0], per_sample.device, reduction)
+        return weighted_reduce(per_sample, None, reduction, across_ranks)
+    check_weight(weight, per_sample.shape[0], per_sample.device, "none" if across_ranks else reduction)
     weight = weight.to(per_sample.dtype)
-    return weighted_reduce(weight * per_sample, weight, reduction)
+    return weighted_reduce(weight * per_sample, weight, reduction, across_ranks)
 
 
 def byol_loss(
@@ -345,6 +347,8 @@ def byol_loss(
     target: Tensor,
     weight: Optional[Tensor] = None,
     reduction: str = "mean",
+    *,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """BYOL's per-sample ``2 - 2 cos(p, z)``, weighted like the contrastive losses.
 
@@ -354,6 +358,8 @@ def byol_loss(
         weight: ``(B,)`` per-sample weights ``>= 0`` (e.g. from
             :class:`tase_loss.SampleReweighter`), or ``None``.
         reduction: ``"mean"`` (``sum(w l) / sum(w)``), ``"sum"`` or ``"none"``.
+        gather_distributed: reduce over all ranks (the weights of every rank divide
+            the mean; see :func:`weighted_reduce`); nothing else is gathered.
 
     Returns:
         The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
@@ -364,7 +370,9 @@ def byol_loss(
         >>> float(byol_loss(p, p)) < 1e-6
         True
     """
-    return _reduce_regression(2.0 - 2.0 * _cosine_per_sample(prediction, target), weight, reduction)
+    return _reduce_regression(
+        2.0 - 2.0 * _cosine_per_sample(prediction, target), weight, reduction, gather_distributed
+    )
 
 
 def simsiam_loss(
@@ -372,6 +380,8 @@ def simsiam_loss(
     target: Tensor,
     weight: Optional[Tensor] = None,
     reduction: str = "mean",
+    *,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """SimSiam's per-sample ``-cos(p, z)`` with stop-gradient on ``z``, weighted.
 
@@ -380,6 +390,7 @@ def simsiam_loss(
         target: ``(B, D)`` projections of the other view; no gradient flows into them.
         weight: ``(B,)`` per-sample weights ``>= 0``, or ``None``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather_distributed: reduce over all ranks, as for :func:`byol_loss`.
 
     Returns:
         The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
@@ -390,4 +401,6 @@ def simsiam_loss(
         >>> round(float(simsiam_loss(p, p)), 4)
         -1.0
     """
-    return _reduce_regression(-_cosine_per_sample(prediction, target), weight, reduction)
+    return _reduce_regression(
+        -_cosine_per_sample(prediction, target), weight, reduction, gather_distributed
+    )

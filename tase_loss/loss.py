@@ -246,6 +246,8 @@ class TASECosineLoss(nn.Module):
         pseudo_labeler: source of frequency estimates for ``index=`` calls.
         reweighter: frequency -> weight; defaults to ``SampleReweighter()`` when a
             labeler is given.
+        gather_distributed: under DDP, take the weighted mean over all ranks' samples
+            (global weight sum) and return it on every rank; see ``docs/distributed.md``.
 
     Example:
         >>> import torch
@@ -263,6 +265,7 @@ class TASECosineLoss(nn.Module):
         *,
         pseudo_labeler: Optional[PseudoLabeler] = None,
         reweighter: Optional[SampleReweighter] = None,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         if variant not in self.VARIANTS:
@@ -272,6 +275,7 @@ class TASECosineLoss(nn.Module):
             reweighter = reweighter or SampleReweighter()
         self.variant = variant
         self.reduction = reduction
+        self.gather_distributed = bool(gather_distributed)
         self.guidance = _PseudoLabelGuidance(pseudo_labeler, None, reweighter)
 
     def forward(
@@ -291,7 +295,12 @@ class TASECosineLoss(nn.Module):
                 raise ValueError("pass either index= or weight=, not both")
             _, weight = self.guidance.lookup(index, prediction.device)
         loss_function = functional.byol_loss if self.variant == "byol" else functional.simsiam_loss
-        return loss_function(prediction, target, weight, self.reduction)
+        return loss_function(
+            prediction, target, weight, self.reduction, gather_distributed=self.gather_distributed
+        )
 
     def extra_repr(self) -> str:
-        return f"variant={self.variant!r}, reduction={self.reduction!r}"
+        return (
+            f"variant={self.variant!r}, reduction={self.reduction!r}, "
+            f"gather_distributed={self.gather_distributed}"
+        )

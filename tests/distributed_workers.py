@@ -13,13 +13,14 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tase_loss import PseudoLabeler, TASEContrastiveLoss
+from tase_loss import PseudoLabeler, TASEContrastiveLoss, TASECosineLoss
 from tase_loss.functional import moco_loss
 
 F64 = torch.float64
@@ -197,6 +198,37 @@ def _moco(rank: int, world_size: int) -> dict[str, object]:
     return {"steps": steps, "buffers": {k: v.clone() for k, v in criterion.state_dict().items()}}
 
 
+def cosine_steps(
+    rank: Optional[int], world_size: int, gather_distributed: bool
+) -> list[dict[str, object]]:
+    """Weighted BYOL through a DDP (or, with ``rank=None``, a plain) encoder."""
+    encoder = make_encoder(seed=0)
+    model = DistributedDataParallel(encoder) if gather_distributed else encoder
+    target_encoder = make_encoder(seed=1)
+    criterion = TASECosineLoss("byol", gather_distributed=gather_distributed)
+    steps = []
+    for step, sizes in enumerate(STEP_SIZES[world_size]):
+        data = step_data(step, sum(sizes), zero_weight_rows(step, sizes))
+        rows = slice(None) if rank is None else rank_rows(sizes, rank)
+        _, weight = _per_sample(data, rows, True)
+        model.zero_grad()
+        prediction = model(data["view0"][rows])
+        prediction.retain_grad()
+        with torch.no_grad():
+            target = target_encoder(data["view1"][rows])
+        loss = criterion(prediction, target, weight=weight)
+        loss.backward()
+        steps.append(
+            {
+                "loss": loss.detach(),
+                "parameters": _parameter_grads(model),
+                "prediction": prediction.grad.clone(),
+                "weight": weight.grad.clone(),
+            }
+        )
+    return steps
+
+
 def _moco_functional_with_key_grads(rank: int, world_size: int) -> dict[str, object]:
     """Keys that require grad (no momentum encoder): their gradient crosses ranks too."""
     sizes = STEP_SIZES[world_size][1]
@@ -246,6 +278,7 @@ def run_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
             "simclr": _simclr(rank, world_size),
             "moco": _moco(rank, world_size),
             "moco_functional": _moco_functional_with_key_grads(rank, world_size),
+            "cosine": cosine_steps(rank, world_size, gather_distributed=True),
             "labeler": _labeler(rank, world_size),
         }
         torch.save(results, Path(output_dir) / f"rank{rank}.pt")

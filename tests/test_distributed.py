@@ -178,6 +178,21 @@ def test_moco_ddp_matches_one_process_and_queues_are_identical(ranks):
     assert sum(map(sum, workers.STEP_SIZES[world_size])) > workers.QUEUE_SIZE
 
 
+def test_weighted_byol_ddp_matches_one_process(ranks):
+    world_size, results = ranks
+    expected = workers.cosine_steps(None, world_size, gather_distributed=False)
+    for rank, result in enumerate(results):
+        for step, sizes in enumerate(workers.STEP_SIZES[world_size]):
+            _assert_rank_matches(
+                world_size,
+                rank,
+                result["cosine"][step],
+                expected[step],
+                sizes,
+                ["prediction", "weight"],
+            )
+
+
 def test_moco_functional_gathers_key_gradients_across_ranks(ranks):
     world_size, results = ranks
     sizes = workers.STEP_SIZES[world_size][1]
