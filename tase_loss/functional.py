@@ -187,6 +187,7 @@ def nt_xent_loss(
     if batch_size < (1 if gather_distributed else 2):
         raise ValueError(
             f"out0 holds {batch_size} sample(s); a contrast needs at least 2 (no negatives)"
+            + (", and every rank at least 1" if gather_distributed else "")
         )
     _check_common(temperature, weight, reduction, out0, gather_distributed)
 

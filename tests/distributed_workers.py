@@ -119,7 +119,7 @@ def labeler_state(labeler: PseudoLabeler) -> dict[str, object]:
     }
 
 
-def _per_sample(data: dict[str, Tensor], rows: slice, per_sample: bool) -> tuple[object, object]:
+def per_sample_inputs(data: dict[str, Tensor], rows: slice, per_sample: bool) -> tuple[object, object]:
     if not per_sample:
         return 0.3, None
     temperature = data["temperature"][rows].clone().requires_grad_()
@@ -127,11 +127,11 @@ def _per_sample(data: dict[str, Tensor], rows: slice, per_sample: bool) -> tuple
     return temperature, weight
 
 
-def _grad(tensor: object) -> object:
+def grad_of(tensor: object) -> object:
     return tensor.grad.clone() if isinstance(tensor, Tensor) else None
 
 
-def _parameter_grads(model: nn.Module) -> list[Tensor]:
+def parameter_grads(model: nn.Module) -> list[Tensor]:
     return [parameter.grad.clone() for parameter in model.parameters()]
 
 
@@ -143,7 +143,7 @@ def _simclr(rank: int, world_size: int) -> list[dict[str, object]]:
         for step, sizes in enumerate(STEP_SIZES[world_size]):
             data = step_data(step, sum(sizes), zero_weight_rows(step, sizes))
             rows = rank_rows(sizes, rank)
-            temperature, weight = _per_sample(data, rows, per_sample)
+            temperature, weight = per_sample_inputs(data, rows, per_sample)
             model.zero_grad()
             # One forward per backward: DDP expects them paired.
             embeddings = model(torch.cat([data["view0"][rows], data["view1"][rows]]))
@@ -158,11 +158,11 @@ def _simclr(rank: int, world_size: int) -> list[dict[str, object]]:
             records.append(
                 {
                     "loss": loss.detach(),
-                    "parameters": _parameter_grads(model),
+                    "parameters": parameter_grads(model),
                     "out0": out0.grad.clone(),
                     "out1": out1.grad.clone(),
-                    "temperature": _grad(temperature),
-                    "weight": _grad(weight),
+                    "temperature": grad_of(temperature),
+                    "weight": grad_of(weight),
                 }
             )
     return records
@@ -178,7 +178,7 @@ def _moco(rank: int, world_size: int) -> dict[str, object]:
     for step, sizes in enumerate(STEP_SIZES[world_size]):
         data = step_data(step, sum(sizes), zero_weight_rows(step, sizes))
         rows = rank_rows(sizes, rank)
-        temperature, weight = _per_sample(data, rows, True)
+        temperature, weight = per_sample_inputs(data, rows, True)
         model.zero_grad()
         queries = model(data["view0"][rows])
         queries.retain_grad()
@@ -189,10 +189,10 @@ def _moco(rank: int, world_size: int) -> dict[str, object]:
         steps.append(
             {
                 "loss": loss.detach(),
-                "parameters": _parameter_grads(model),
+                "parameters": parameter_grads(model),
                 "queries": queries.grad.clone(),
-                "temperature": _grad(temperature),
-                "weight": _grad(weight),
+                "temperature": grad_of(temperature),
+                "weight": grad_of(weight),
             }
         )
     return {"steps": steps, "buffers": {k: v.clone() for k, v in criterion.state_dict().items()}}
@@ -210,7 +210,7 @@ def cosine_steps(
     for step, sizes in enumerate(STEP_SIZES[world_size]):
         data = step_data(step, sum(sizes), zero_weight_rows(step, sizes))
         rows = slice(None) if rank is None else rank_rows(sizes, rank)
-        _, weight = _per_sample(data, rows, True)
+        _, weight = per_sample_inputs(data, rows, True)
         model.zero_grad()
         prediction = model(data["view0"][rows])
         prediction.retain_grad()
@@ -221,7 +221,7 @@ def cosine_steps(
         steps.append(
             {
                 "loss": loss.detach(),
-                "parameters": _parameter_grads(model),
+                "parameters": parameter_grads(model),
                 "prediction": prediction.grad.clone(),
                 "weight": weight.grad.clone(),
             }
@@ -236,7 +236,7 @@ def _moco_functional_with_key_grads(rank: int, world_size: int) -> dict[str, obj
     rows = rank_rows(sizes, rank)
     queries = data["view0"][rows, :EMBEDDING_DIM].clone().requires_grad_()
     keys = data["keys"][rows].clone().requires_grad_()
-    temperature, weight = _per_sample(data, rows, True)
+    temperature, weight = per_sample_inputs(data, rows, True)
     loss = moco_loss(queries, keys, shared_queue(), temperature, weight, gather_distributed=True)
     loss.backward()
     return {

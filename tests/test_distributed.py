@@ -67,7 +67,7 @@ def _single_simclr(world_size, reduction, per_sample):
     expected = []
     for step, sizes in enumerate(workers.STEP_SIZES[world_size]):
         data = workers.step_data(step, sum(sizes), workers.zero_weight_rows(step, sizes))
-        temperature, weight = workers._per_sample(data, slice(None), per_sample)
+        temperature, weight = workers.per_sample_inputs(data, slice(None), per_sample)
         model.zero_grad()
         embeddings = model(torch.cat([data["view0"], data["view1"]]))
         out0, out1 = embeddings.split(sum(sizes))
@@ -81,11 +81,11 @@ def _single_simclr(world_size, reduction, per_sample):
         expected.append(
             {
                 "loss": loss.detach(),
-                "parameters": workers._parameter_grads(model),
+                "parameters": workers.parameter_grads(model),
                 "out0": out0.grad,
                 "out1": out1.grad,
-                "temperature": workers._grad(temperature),
-                "weight": workers._grad(weight),
+                "temperature": workers.grad_of(temperature),
+                "weight": workers.grad_of(weight),
             }
         )
     return expected
@@ -100,7 +100,7 @@ def _single_moco(world_size):
     steps = []
     for step, sizes in enumerate(workers.STEP_SIZES[world_size]):
         data = workers.step_data(step, sum(sizes), workers.zero_weight_rows(step, sizes))
-        temperature, weight = workers._per_sample(data, slice(None), True)
+        temperature, weight = workers.per_sample_inputs(data, slice(None), True)
         model.zero_grad()
         queries = model(data["view0"])
         queries.retain_grad()
@@ -111,7 +111,7 @@ def _single_moco(world_size):
         steps.append(
             {
                 "loss": loss.detach(),
-                "parameters": workers._parameter_grads(model),
+                "parameters": workers.parameter_grads(model),
                 "queries": queries.grad.clone(),
                 "temperature": temperature.grad,
                 "weight": weight.grad,
@@ -199,7 +199,7 @@ def test_moco_functional_gathers_key_gradients_across_ranks(ranks):
     data = workers.step_data(1, sum(sizes))
     queries = data["view0"][:, : workers.EMBEDDING_DIM].clone().requires_grad_()
     keys = data["keys"].clone().requires_grad_()
-    temperature, weight = workers._per_sample(data, slice(None), True)
+    temperature, weight = workers.per_sample_inputs(data, slice(None), True)
     loss = moco_loss(queries, keys, workers.shared_queue(), temperature, weight)
     loss.backward()
     expected = {
