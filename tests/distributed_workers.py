@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tase_loss import PseudoLabeler, TASEContrastiveLoss, TASECosineLoss
-from tase_loss.functional import moco_loss
+from tase_loss.functional import moco_loss, nt_xent_loss
 
 F64 = torch.float64
 INPUT_DIM, EMBEDDING_DIM = 6, 5
@@ -121,7 +121,7 @@ def labeler_state(labeler: PseudoLabeler) -> dict[str, object]:
 
 def per_sample_inputs(data: dict[str, Tensor], rows: slice, per_sample: bool) -> tuple[object, object]:
     if not per_sample:
-        return 0.3, None
+        return None, None
     temperature = data["temperature"][rows].clone().requires_grad_()
     weight = data["weight"][rows].clone().requires_grad_()
     return temperature, weight
@@ -133,6 +133,17 @@ def grad_of(tensor: object) -> object:
 
 def parameter_grads(model: nn.Module) -> list[Tensor]:
     return [parameter.grad.clone() for parameter in model.parameters()]
+
+
+def unreduced_rows(
+    out0: Tensor, out1: Tensor, temperature: object, weight: object, gather_distributed: bool
+) -> Tensor:
+    """``reduction="none"``: this rank's ``2B_r`` rows ``w_a l_a`` (negatives from all ranks)."""
+    criterion = TASEContrastiveLoss(reduction="none", gather_distributed=gather_distributed)
+    temperature, weight = (
+        value.detach() if isinstance(value, Tensor) else value for value in (temperature, weight)
+    )
+    return criterion(out0.detach(), out1.detach(), temperature=temperature, weight=weight)
 
 
 def _simclr(rank: int, world_size: int) -> list[dict[str, object]]:
@@ -150,14 +161,12 @@ def _simclr(rank: int, world_size: int) -> list[dict[str, object]]:
             out0, out1 = embeddings.split(sizes[rank])
             out0.retain_grad()
             out1.retain_grad()
-            if per_sample:
-                loss = criterion(out0, out1, temperature=temperature, weight=weight)
-            else:
-                loss = criterion(out0, out1)
+            loss = criterion(out0, out1, temperature=temperature, weight=weight)
             loss.backward()
             records.append(
                 {
                     "loss": loss.detach(),
+                    "rows": unreduced_rows(out0, out1, temperature, weight, gather_distributed=True),
                     "parameters": parameter_grads(model),
                     "out0": out0.grad.clone(),
                     "out1": out1.grad.clone(),

@@ -73,14 +73,12 @@ def _single_simclr(world_size, reduction, per_sample):
         out0, out1 = embeddings.split(sum(sizes))
         out0.retain_grad()
         out1.retain_grad()
-        if per_sample:
-            loss = criterion(out0, out1, temperature=temperature, weight=weight)
-        else:
-            loss = criterion(out0, out1)
+        loss = criterion(out0, out1, temperature=temperature, weight=weight)
         loss.backward()
         expected.append(
             {
                 "loss": loss.detach(),
+                "rows": workers.unreduced_rows(out0, out1, temperature, weight, False),
                 "parameters": workers.parameter_grads(model),
                 "out0": out0.grad,
                 "out1": out1.grad,
@@ -153,6 +151,10 @@ def test_simclr_ddp_matches_one_process_on_the_concatenated_batch(ranks, variant
                 sizes,
                 ["out0", "out1", "temperature", "weight"],
             )
+            # reduction="none": this rank's rows of both views, all ranks as negatives.
+            rows = workers.rank_rows(sizes, rank)
+            view0_rows, view1_rows = expected[step]["rows"].split(sum(sizes))
+            _assert_close(observed[step]["rows"], torch.cat([view0_rows[rows], view1_rows[rows]]))
 
 
 def test_moco_ddp_matches_one_process_and_queues_are_identical(ranks):
