@@ -47,7 +47,9 @@ class Encoder(nn.Module):
 
     def __init__(self, input_dim: int, feature_dim: int, embedding_dim: int) -> None:
         super().__init__()
-        self.backbone = nn.Sequential(nn.Linear(input_dim, 64), nn.ReLU(), nn.Linear(64, feature_dim))
+        self.backbone = nn.Sequential(
+            nn.Linear(input_dim, 64), nn.ReLU(), nn.Linear(64, feature_dim)
+        )
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, embedding_dim))
 
     def forward(self, views: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,7 +67,8 @@ def main() -> None:
     use_cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if use_cuda else "gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
     torch.manual_seed(0)  # the same initial model on every rank (DDP broadcasts it anyway)
@@ -84,7 +87,9 @@ def main() -> None:
         bank_dtype=torch.float16,
         gather_distributed=True,
     )
-    criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=labeler, gather_distributed=True)
+    criterion = TASEContrastiveLoss(
+        temperature=0.2, pseudo_labeler=labeler, gather_distributed=True
+    )
 
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)

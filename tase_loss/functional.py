@@ -302,8 +302,9 @@ def moco_loss_and_all_keys(
     num_candidates = gathered.shape[0] + (0 if queue is None else queue.shape[0])
     if batch_size < 1 or num_candidates < 2:
         raise ValueError(
-            f"queries holds {batch_size} sample(s), the keys (all ranks) {gathered.shape[0]} and "
-            f"the queue {num_candidates - gathered.shape[0]}; a contrast needs at least one negative"
+            f"queries holds {batch_size} sample(s), the keys (all ranks) {gathered.shape[0]} "
+            f"and the queue {num_candidates - gathered.shape[0]}; a contrast needs at least "
+            "one negative"
         )
 
     # With gathering, this rank's positives are its own keys at rows offset .. offset + B - 1.
@@ -338,7 +339,8 @@ def _reduce_regression(
     check_reduction(reduction)
     if weight is None:
         return weighted_reduce(per_sample, None, reduction, across_ranks)
-    check_weight(weight, per_sample.shape[0], per_sample.device, "none" if across_ranks else reduction)
+    local_reduction = "none" if across_ranks else reduction  # see _check_common
+    check_weight(weight, per_sample.shape[0], per_sample.device, local_reduction)
     weight = weight.to(per_sample.dtype)
     return weighted_reduce(weight * per_sample, weight, reduction, across_ranks)
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tase_loss import PseudoLabeler, TASEContrastiveLoss, TASECosineLoss
+from tase_loss.distributed import all_gather_rows
 from tase_loss.functional import moco_loss, nt_xent_loss
 
 F64 = torch.float64
@@ -119,7 +120,10 @@ def labeler_state(labeler: PseudoLabeler) -> dict[str, object]:
     }
 
 
-def per_sample_inputs(data: dict[str, Tensor], rows: slice, per_sample: bool) -> tuple[object, object]:
+def per_sample_inputs(
+    data: dict[str, Tensor], rows: slice, per_sample: bool
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """This rank's temperatures and weights as leaves requiring grad, or ``(None, None)``."""
     if not per_sample:
         return None, None
     temperature = data["temperature"][rows].clone().requires_grad_()
@@ -166,7 +170,7 @@ def _simclr(rank: int, world_size: int) -> list[dict[str, object]]:
             records.append(
                 {
                     "loss": loss.detach(),
-                    "rows": unreduced_rows(out0, out1, temperature, weight, gather_distributed=True),
+                    "rows": unreduced_rows(out0, out1, temperature, weight, True),
                     "parameters": parameter_grads(model),
                     "out0": out0.grad.clone(),
                     "out1": out1.grad.clone(),
@@ -271,6 +275,15 @@ def _labeler(rank: int, world_size: int) -> list[dict[str, object]]:
     return states
 
 
+def _feature_size_mismatch_raises_everywhere(rank: int) -> str:
+    """Ranks disagreeing on the feature size all raise (nobody waits in a collective)."""
+    try:
+        all_gather_rows(torch.zeros(2, 3 + rank))
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
 def run_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
     """Entry point of one spawned process: run every case, save what this rank saw."""
     torch.set_num_threads(1)
@@ -289,6 +302,7 @@ def run_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
             "moco_functional": _moco_functional_with_key_grads(rank, world_size),
             "cosine": cosine_steps(rank, world_size, gather_distributed=True),
             "labeler": _labeler(rank, world_size),
+            "mismatch": _feature_size_mismatch_raises_everywhere(rank),
         }
         torch.save(results, Path(output_dir) / f"rank{rank}.pt")
     finally:

@@ -244,12 +244,18 @@ def test_pseudo_labeler_is_bit_identical_on_every_rank_and_to_one_process(ranks)
                     assert observed[name] == value, (epoch, name)
 
 
+def test_ranks_disagreeing_on_the_feature_size_all_raise(ranks):
+    _, results = ranks
+    for result in results:
+        assert "same row shape on every rank" in result["mismatch"]
+
+
 # ------------------------------------------------- without a process group: the identity
 
 
 def test_gather_distributed_without_a_process_group_is_the_plain_loss():
     generator = torch.Generator().manual_seed(0)
-    out0, out1, keys = (torch.randn(5, 4, dtype=torch.float64, generator=generator) for _ in range(3))
+    out0, out1, keys = torch.randn(3, 5, 4, dtype=torch.float64, generator=generator)
     weight = torch.rand(5, dtype=torch.float64, generator=generator)
     for reduction in ("mean", "sum", "none"):
         _assert_close(

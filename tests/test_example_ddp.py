@@ -23,7 +23,8 @@ def test_ddp_simclr_example_runs_under_torchrun():
         "--master_addr=127.0.0.1", f"--master_port={port}",
         str(ROOT / "examples" / "ddp_simclr.py"), "--epochs=2", "--num-samples=400",
     ]
-    environment = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "PYTHONPATH": python_path}
     finished = subprocess.run(
         command, env=environment, capture_output=True, text=True, timeout=300, check=False
     )
