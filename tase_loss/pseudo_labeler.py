@@ -197,6 +197,9 @@ class PseudoLabeler:
         self._check_can_cluster(int(self.seen.sum()))
         if distributed.get_rank() == 0:
             self._recluster_here()
+        self._copy_estimates_from_rank0()
+
+    def _copy_estimates_from_rank0(self) -> None:
         self.labels = distributed.broadcast_from_root(self.labels)
         self.log_frequency = distributed.broadcast_from_root(self.log_frequency)
         self.has_estimate = distributed.broadcast_from_root(self.has_estimate)
