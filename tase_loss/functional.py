@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tase_loss import distributed
 from tase_loss._validation import (
     TemperatureLike,
     check_embeddings,
@@ -32,6 +33,7 @@ __all__ = [
     "byol_loss",
     "contrastive_rows",
     "moco_loss",
+    "moco_loss_and_all_keys",
     "nt_xent_loss",
     "simsiam_loss",
     "weighted_reduce",
@@ -57,7 +59,12 @@ def contrastive_rows(
     return loss
 
 
-def weighted_reduce(weighted_loss: Tensor, weight: Optional[Tensor], reduction: str) -> Tensor:
+def weighted_reduce(
+    weighted_loss: Tensor,
+    weight: Optional[Tensor],
+    reduction: str,
+    across_ranks: bool = False,
+) -> Tensor:
     """Reduce per-sample losses that already carry their weights.
 
     Args:
@@ -65,16 +72,31 @@ def weighted_reduce(weighted_loss: Tensor, weight: Optional[Tensor], reduction: 
         weight: ``(M,)`` weights ``w_a``, or ``None`` for unit weights.
         reduction: ``"mean"`` gives ``sum(w l) / sum(w)``, ``"sum"`` gives
             ``sum(w l)`` and ``"none"`` returns ``weighted_loss`` itself.
+        across_ranks: sum numerator and denominator over all processes of the
+            default group (with gradients, see :mod:`tase_loss.distributed`), so that
+            every rank returns the loss of the global batch. ``"none"`` stays local.
 
     Returns:
         A scalar, or ``(M,)`` for ``reduction="none"``.
+
+    Raises:
+        ValueError: if ``reduction="mean"``, ``across_ranks`` and the weights sum to
+            zero over all ranks (raised on every rank alike).
     """
     if reduction == "none":
         return weighted_loss
     total = weighted_loss.sum()
     if reduction == "sum":
-        return total
+        return distributed.all_reduce_sum(total) if across_ranks else total
     denominator = weighted_loss.new_tensor(weighted_loss.shape[0]) if weight is None else weight.sum()
+    if across_ranks:
+        # One collective for both sums; the denominator keeps its gradient because
+        # every rank's weights enter every rank's loss through it.
+        total, denominator = distributed.all_reduce_sum(
+            torch.stack([total, denominator.to(total.dtype)])
+        ).unbind()
+        if not bool(denominator > 0):
+            raise ValueError("weight sums to 0 over all ranks, so reduction='mean' is undefined")
     return total / denominator.to(total.dtype)
 
 
@@ -99,12 +121,19 @@ def _per_row(value: Optional[TemperatureLike], batch_size: int, like: Tensor) ->
 
 
 def _check_common(
-    temperature: TemperatureLike, weight: Optional[Tensor], reduction: str, like: Tensor
+    temperature: TemperatureLike,
+    weight: Optional[Tensor],
+    reduction: str,
+    like: Tensor,
+    gather_distributed: bool = False,
 ) -> None:
     check_reduction(reduction)
     check_temperature(temperature, like.shape[0], like.device)
     if weight is not None:
-        check_weight(weight, like.shape[0], like.device, reduction)
+        # Across ranks only the global weight sum must be positive (checked after the
+        # all-reduce); one rank's weights may all be zero.
+        local_reduction = "none" if gather_distributed else reduction
+        check_weight(weight, like.shape[0], like.device, local_reduction)
 
 
 def nt_xent_loss(
@@ -113,12 +142,21 @@ def nt_xent_loss(
     temperature: TemperatureLike = 0.2,
     weight: Optional[Tensor] = None,
     reduction: str = "mean",
+    *,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """NT-Xent (SimCLR) with a per-sample temperature and a per-sample weight.
 
     Both views form ``M = 2B`` anchors; anchor ``a``'s positive is its other view and
     its negatives are the other ``2B - 2`` embeddings. Sample ``b``'s temperature and
     weight apply to both of its views.
+
+    With ``gather_distributed=True`` under ``torch.distributed``, the batch is the
+    union of all ranks' batches: this rank's ``2B_r`` embeddings are the anchors, the
+    embeddings of every rank are the candidates (gathered with gradients), and the
+    weighted mean divides by the sum of the weights of all ranks. Every rank returns
+    the same value, the loss of the global batch; see :mod:`tase_loss.distributed`
+    for the gradient convention (exact after DDP's averaging).
 
     Args:
         out0: ``(B, D)`` embeddings of the first view; normalized inside.
@@ -127,7 +165,10 @@ def nt_xent_loss(
             (it may require grad).
         weight: ``(B,)`` per-sample weights ``>= 0``, or ``None`` for unit weights.
         reduction: ``"mean"`` (weighted mean over the ``2B`` anchors), ``"sum"`` or
-            ``"none"`` (the ``(2B,)`` vector ``w_a l_a``, first view's anchors first).
+            ``"none"`` (the ``(2B,)`` vector ``w_a l_a``, first view's anchors first;
+            this rank's anchors only when gathering).
+        gather_distributed: take negatives from all ranks and reduce over all ranks
+            (the identity without a process group). Ranks may hold different ``B``.
 
     Returns:
         The loss: a scalar, or ``(2B,)`` for ``reduction="none"``.
@@ -143,27 +184,37 @@ def nt_xent_loss(
     check_embeddings("out1", out1)
     check_same_shape("out1", out1, "out0", out0)
     batch_size = out0.shape[0]
-    if batch_size < 2:
+    if batch_size < (1 if gather_distributed else 2):
         raise ValueError(
             f"out0 holds {batch_size} sample(s); a contrast needs at least 2 (no negatives)"
+            + (", and every rank at least 1" if gather_distributed else "")
         )
-    _check_common(temperature, weight, reduction, out0)
+    _check_common(temperature, weight, reduction, out0, gather_distributed)
 
     embeddings = _unit_rows(torch.cat([out0, out1]))
+    candidates, offset = (
+        distributed.all_gather_rows(embeddings) if gather_distributed else (embeddings, 0)
+    )
+    if candidates.shape[0] < 4:
+        raise ValueError(
+            f"all ranks together hold {candidates.shape[0] // 2} sample(s); a contrast "
+            "needs at least 2 (no negatives)"
+        )
+    # This rank's anchors sit at rows offset .. offset + 2B - 1 of the candidates.
     rows = torch.arange(2 * batch_size, device=out0.device)
-    positive_index = rows.roll(batch_size)
+    positive_index = rows.roll(batch_size) + offset
     inverse_temperature = 1.0 / _per_row(temperature, batch_size, out0).repeat(2)
     row_weight = _per_row(weight, batch_size, out0)
     row_weight = None if row_weight is None else row_weight.repeat(2)
     weighted_loss = contrastive_rows(
         embeddings,
-        embeddings,
+        candidates,
         positive_index,
-        rows,
+        rows + offset,
         inverse_temperature,
         torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
     )
-    return weighted_reduce(weighted_loss, row_weight, reduction)
+    return weighted_reduce(weighted_loss, row_weight, reduction, across_ranks=gather_distributed)
 
 
 def moco_loss(
@@ -173,6 +224,8 @@ def moco_loss(
     temperature: TemperatureLike = 0.2,
     weight: Optional[Tensor] = None,
     reduction: str = "mean",
+    *,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """InfoNCE of MoCo: query ``b``'s positive is key ``b``; the rest are negatives.
 
@@ -181,6 +234,11 @@ def moco_loss(
     tens of thousands of keys the ``B - 1`` in-batch negatives change little, and
     the loss stays one call of the fused op.
 
+    With ``gather_distributed=True`` the keys of all ranks are gathered (with
+    gradients, should they carry any) and serve as negatives of this rank's queries,
+    and the weighted mean runs over all ranks' queries, as for :func:`nt_xent_loss`.
+    The queue, if any, is expected to be the same on every rank.
+
     Args:
         queries: ``(B, D)`` query embeddings (the anchors); normalized inside.
         keys: ``(B, D)`` key embeddings (momentum encoder), same dtype and device.
@@ -188,6 +246,8 @@ def moco_loss(
         temperature: a float or a ``(B,)`` tensor of per-query temperatures ``> 0``.
         weight: ``(B,)`` per-query weights ``>= 0``, or ``None``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (the ``(B,)`` vector ``w_b l_b``).
+        gather_distributed: take all ranks' keys as negatives and reduce over all
+            ranks (the identity without a process group).
 
     Returns:
         The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
@@ -198,6 +258,38 @@ def moco_loss(
         >>> moco_loss(q, k, queue, temperature=0.2).shape
         torch.Size([])
     """
+    return moco_loss_and_all_keys(
+        queries, keys, queue, temperature, weight, reduction, gather_distributed=gather_distributed
+    )[0]
+
+
+def moco_loss_and_all_keys(
+    queries: Tensor,
+    keys: Tensor,
+    queue: Optional[Tensor] = None,
+    temperature: TemperatureLike = 0.2,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    *,
+    gather_distributed: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """:func:`moco_loss` and the keys of all ranks in rank order (``keys`` itself alone).
+
+    A MoCo queue under DDP enqueues every rank's keys; returning the keys the loss
+    gathered anyway spares a second all-gather.
+
+    Returns:
+        ``(loss, all_keys)`` with ``all_keys`` of shape ``(sum_r B_r, D)``.
+
+    Example:
+        >>> import torch
+        >>> q, k = torch.randn(8, 16), torch.randn(8, 16)
+        >>> loss, all_keys = moco_loss_and_all_keys(q, k, gather_distributed=True)
+        >>> all_keys.shape                                     # one process: the keys
+        torch.Size([8, 16])
+    """
+    # Every local check runs before the collective: a rank raising after it would
+    # leave the others waiting in the next one.
     check_embeddings("queries", queries)
     check_embeddings("keys", keys)
     check_same_shape("keys", keys, "queries", queries)
@@ -205,27 +297,31 @@ def moco_loss(
         check_embeddings("queue", queue)
         check_same_layout("queue", queue, "queries", queries)
     batch_size = queries.shape[0]
-    num_candidates = batch_size + (0 if queue is None else queue.shape[0])
+    _check_common(temperature, weight, reduction, queries, gather_distributed)
+    gathered, offset = distributed.all_gather_rows(keys) if gather_distributed else (keys, 0)
+    num_candidates = gathered.shape[0] + (0 if queue is None else queue.shape[0])
     if batch_size < 1 or num_candidates < 2:
         raise ValueError(
-            f"queries holds {batch_size} sample(s) and the queue {num_candidates - batch_size};"
-            " a contrast needs at least one negative"
+            f"queries holds {batch_size} sample(s), the keys (all ranks) {gathered.shape[0]} "
+            f"and the queue {num_candidates - gathered.shape[0]}; a contrast needs at least "
+            "one negative"
         )
-    _check_common(temperature, weight, reduction, queries)
 
-    candidates = keys if queue is None else torch.cat([keys, queue])
+    # With gathering, this rank's positives are its own keys at rows offset .. offset + B - 1.
+    candidates = gathered if queue is None else torch.cat([gathered, queue])
     rows = torch.arange(batch_size, device=queries.device)
     inverse_temperature = 1.0 / _per_row(temperature, batch_size, queries)
     row_weight = _per_row(weight, batch_size, queries)
     weighted_loss = contrastive_rows(
         _unit_rows(queries),
         _unit_rows(candidates),
-        rows,
+        rows + offset,
         torch.full_like(rows, -1),
         inverse_temperature,
         torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
     )
-    return weighted_reduce(weighted_loss, row_weight, reduction)
+    loss = weighted_reduce(weighted_loss, row_weight, reduction, across_ranks=gather_distributed)
+    return loss, gathered
 
 
 def _cosine_per_sample(prediction: Tensor, target: Tensor) -> Tensor:
@@ -237,13 +333,16 @@ def _cosine_per_sample(prediction: Tensor, target: Tensor) -> Tensor:
     return F.cosine_similarity(prediction.to(dtype), target.detach().to(dtype), dim=1)
 
 
-def _reduce_regression(per_sample: Tensor, weight: Optional[Tensor], reduction: str) -> Tensor:
+def _reduce_regression(
+    per_sample: Tensor, weight: Optional[Tensor], reduction: str, across_ranks: bool
+) -> Tensor:
     check_reduction(reduction)
     if weight is None:
-        return weighted_reduce(per_sample, None, reduction)
-    check_weight(weight, per_sample.shape[0], per_sample.device, reduction)
+        return weighted_reduce(per_sample, None, reduction, across_ranks)
+    local_reduction = "none" if across_ranks else reduction  # see _check_common
+    check_weight(weight, per_sample.shape[0], per_sample.device, local_reduction)
     weight = weight.to(per_sample.dtype)
-    return weighted_reduce(weight * per_sample, weight, reduction)
+    return weighted_reduce(weight * per_sample, weight, reduction, across_ranks)
 
 
 def byol_loss(
@@ -251,6 +350,8 @@ def byol_loss(
     target: Tensor,
     weight: Optional[Tensor] = None,
     reduction: str = "mean",
+    *,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """BYOL's per-sample ``2 - 2 cos(p, z)``, weighted like the contrastive losses.
 
@@ -260,6 +361,8 @@ def byol_loss(
         weight: ``(B,)`` per-sample weights ``>= 0`` (e.g. from
             :class:`tase_loss.SampleReweighter`), or ``None``.
         reduction: ``"mean"`` (``sum(w l) / sum(w)``), ``"sum"`` or ``"none"``.
+        gather_distributed: reduce over all ranks (the weights of every rank divide
+            the mean; see :func:`weighted_reduce`); nothing else is gathered.
 
     Returns:
         The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
@@ -270,7 +373,9 @@ def byol_loss(
         >>> float(byol_loss(p, p)) < 1e-6
         True
     """
-    return _reduce_regression(2.0 - 2.0 * _cosine_per_sample(prediction, target), weight, reduction)
+    return _reduce_regression(
+        2.0 - 2.0 * _cosine_per_sample(prediction, target), weight, reduction, gather_distributed
+    )
 
 
 def simsiam_loss(
@@ -278,6 +383,8 @@ def simsiam_loss(
     target: Tensor,
     weight: Optional[Tensor] = None,
     reduction: str = "mean",
+    *,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """SimSiam's per-sample ``-cos(p, z)`` with stop-gradient on ``z``, weighted.
 
@@ -286,6 +393,7 @@ def simsiam_loss(
         target: ``(B, D)`` projections of the other view; no gradient flows into them.
         weight: ``(B,)`` per-sample weights ``>= 0``, or ``None``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather_distributed: reduce over all ranks, as for :func:`byol_loss`.
 
     Returns:
         The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
@@ -296,4 +404,6 @@ def simsiam_loss(
         >>> round(float(simsiam_loss(p, p)), 4)
         -1.0
     """
-    return _reduce_regression(-_cosine_per_sample(prediction, target), weight, reduction)
+    return _reduce_regression(
+        -_cosine_per_sample(prediction, target), weight, reduction, gather_distributed
+    )

@@ -77,6 +77,14 @@ class TASEContrastiveLoss(nn.Module):
     ``state_dict()``. Inside :meth:`queue_frozen` the queue is read but not written
     (for two forward passes over one batch, as in rwSAM).
 
+    With ``gather_distributed=True`` under ``torch.distributed`` (DDP), the loss is
+    that of the union of all ranks' batches: negatives come from every rank (gathered
+    with gradients), the weighted mean divides by the weights of all ranks, and every
+    rank returns that same global value; after DDP averages the parameter gradients
+    they are exactly those of one process on the concatenated batch. Per-sample
+    temperatures and weights stay local. In MoCo mode all ranks' keys are enqueued in
+    rank order, so the queues stay identical. See ``docs/distributed.md``.
+
     Args:
         temperature: base temperature ``t`` (NT-Xent's), ``> 0``.
         reduction: ``"mean"`` (weighted mean), ``"sum"`` or ``"none"``.
@@ -87,6 +95,8 @@ class TASEContrastiveLoss(nn.Module):
             labeler is given.
         queue_size: MoCo queue length ``S``; ``0`` selects SimCLR mode.
         embedding_dim: ``D``, needed to allocate the queue when ``queue_size > 0``.
+        gather_distributed: compute the loss over all ranks of the default process
+            group (the identity without one).
 
     Shape:
         - out0, out1: ``(B, D)``.
@@ -119,6 +129,7 @@ class TASEContrastiveLoss(nn.Module):
         reweighter: Optional[SampleReweighter] = None,
         queue_size: int = 0,
         embedding_dim: Optional[int] = None,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         check_temperature(temperature, 0, torch.device("cpu"))
@@ -135,6 +146,7 @@ class TASEContrastiveLoss(nn.Module):
         self.temperature = float(temperature)
         self.reduction = reduction
         self.queue_size = queue_size
+        self.gather_distributed = bool(gather_distributed)
         self.guidance = _PseudoLabelGuidance(pseudo_labeler, temperature_map, reweighter)
         self._queue_frozen = False
         if queue_size > 0:
@@ -200,25 +212,41 @@ class TASEContrastiveLoss(nn.Module):
         if temperature is None:
             temperature = self.temperature
         if self.queue_size == 0:
-            return functional.nt_xent_loss(out0, out1, temperature, weight, self.reduction)
+            return functional.nt_xent_loss(
+                out0,
+                out1,
+                temperature,
+                weight,
+                self.reduction,
+                gather_distributed=self.gather_distributed,
+            )
         return self._moco_forward(out0, out1, temperature, weight)
 
     def _moco_forward(
         self, queries: Tensor, keys: Tensor, temperature: TemperatureLike, weight: Optional[Tensor]
     ) -> Tensor:
         check_embeddings("out1", keys)
-        if keys.shape[0] > self.queue_size:
-            raise ValueError(
-                f"a batch of {keys.shape[0]} keys does not fit in a queue of {self.queue_size}"
-            )
         if keys.shape[1] != self.queue.shape[1]:
             raise ValueError(
                 f"out1 has feature size {keys.shape[1]} but the queue holds {self.queue.shape[1]}"
             )
         queue = self.queue[: int(self.queue_length)].to(dtype=keys.dtype, device=keys.device)
-        loss = functional.moco_loss(queries, keys, queue, temperature, weight, self.reduction)
+        loss, all_keys = functional.moco_loss_and_all_keys(
+            queries,
+            keys,
+            queue,
+            temperature,
+            weight,
+            self.reduction,
+            gather_distributed=self.gather_distributed,
+        )
+        # Every rank enqueues all ranks' keys in rank order: the queues stay identical.
+        if all_keys.shape[0] > self.queue_size:
+            raise ValueError(
+                f"a batch of {all_keys.shape[0]} keys does not fit in a queue of {self.queue_size}"
+            )
         if not self._queue_frozen:
-            self._enqueue(keys)
+            self._enqueue(all_keys)
         return loss
 
     @torch.no_grad()
@@ -226,12 +254,17 @@ class TASEContrastiveLoss(nn.Module):
         """Write keys at the pointer, wrapping around; the oldest keys are replaced."""
         batch_size = keys.shape[0]
         slots = (self.queue_pointer + torch.arange(batch_size, device=self.queue.device)) % self.queue_size
-        self.queue[slots] = F.normalize(keys.detach().float(), dim=1).to(self.queue)
+        # Normalize in at least float32 and never below the queue's own precision.
+        unit_keys = F.normalize(keys.detach().to(torch.promote_types(self.queue.dtype, torch.float32)), dim=1)
+        self.queue[slots] = unit_keys.to(self.queue)
         self.queue_pointer.copy_((self.queue_pointer + batch_size) % self.queue_size)
         self.queue_length.copy_(torch.clamp(self.queue_length + batch_size, max=self.queue_size))
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}, queue_size={self.queue_size}"
+        return (
+            f"temperature={self.temperature}, reduction={self.reduction!r}, "
+            f"queue_size={self.queue_size}, gather_distributed={self.gather_distributed}"
+        )
 
 
 class TASECosineLoss(nn.Module):
@@ -247,6 +280,8 @@ class TASECosineLoss(nn.Module):
         pseudo_labeler: source of frequency estimates for ``index=`` calls.
         reweighter: frequency -> weight; defaults to ``SampleReweighter()`` when a
             labeler is given.
+        gather_distributed: under DDP, take the weighted mean over all ranks' samples
+            (global weight sum) and return it on every rank; see ``docs/distributed.md``.
 
     Example:
         >>> import torch
@@ -264,6 +299,7 @@ class TASECosineLoss(nn.Module):
         *,
         pseudo_labeler: Optional[PseudoLabeler] = None,
         reweighter: Optional[SampleReweighter] = None,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         if variant not in self.VARIANTS:
@@ -273,6 +309,7 @@ class TASECosineLoss(nn.Module):
             reweighter = reweighter or SampleReweighter()
         self.variant = variant
         self.reduction = reduction
+        self.gather_distributed = bool(gather_distributed)
         self.guidance = _PseudoLabelGuidance(pseudo_labeler, None, reweighter)
 
     def forward(
@@ -292,7 +329,12 @@ class TASECosineLoss(nn.Module):
                 raise ValueError("pass either index= or weight=, not both")
             _, weight = self.guidance.lookup(index, prediction.device)
         loss_function = functional.byol_loss if self.variant == "byol" else functional.simsiam_loss
-        return loss_function(prediction, target, weight, self.reduction)
+        return loss_function(
+            prediction, target, weight, self.reduction, gather_distributed=self.gather_distributed
+        )
 
     def extra_repr(self) -> str:
-        return f"variant={self.variant!r}, reduction={self.reduction!r}"
+        return (
+            f"variant={self.variant!r}, reduction={self.reduction!r}, "
+            f"gather_distributed={self.gather_distributed}"
+        )

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tase_loss import distributed
 from tase_loss._faiss import faiss_threads, import_faiss
 from tase_loss._validation import check_embeddings, check_index
 from tase_loss.reweighting import FrequencyReference
@@ -41,6 +42,14 @@ class PseudoLabeler:
     The bank stays on the CPU (FAISS clusters there); ``bank_dtype=torch.float16``
     halves its memory for datasets of millions of samples.
 
+    With ``gather_distributed=True`` under ``torch.distributed``, :meth:`update`
+    gathers every rank's ``(index, features)`` so that all banks stay identical, and
+    :meth:`recluster` fits k-means on rank 0 only and broadcasts the labels and
+    estimates: every rank ends with bit-identical labels and frequencies (FAISS's
+    multi-threaded k-means need not be bit-reproducible across processes, and one fit
+    costs the shared host CPUs one fit instead of ``W``). Every rank must call
+    :meth:`update` and :meth:`recluster` (or :meth:`maybe_recluster`) alike.
+
     Args:
         num_samples: ``N``, the size of the training set; indices lie in ``[0, N)``.
         feature_dim: ``D``, the feature size stored in the bank.
@@ -53,6 +62,8 @@ class PseudoLabeler:
         seed: seed of the k-means initialization (member ``j`` uses ``seed + j``).
         num_threads: OpenMP threads FAISS may use; ``None`` leaves FAISS's setting.
         bank_dtype: ``torch.float32`` or ``torch.float16``.
+        gather_distributed: share updates and clusterings across the ranks of the
+            default process group (the identity without one).
 
     Example:
         >>> import torch
@@ -78,6 +89,7 @@ class PseudoLabeler:
         seed: int = 0,
         num_threads: Optional[int] = None,
         bank_dtype: torch.dtype = torch.float32,
+        gather_distributed: bool = False,
     ) -> None:
         cluster_counts = (num_clusters,) if isinstance(num_clusters, int) else tuple(num_clusters)
         _check_count("num_samples", num_samples, minimum=1)
@@ -109,6 +121,7 @@ class PseudoLabeler:
         self.num_iterations = num_iterations
         self.seed = seed
         self.num_threads = num_threads
+        self.gather_distributed = bool(gather_distributed)
 
         self.bank = torch.zeros(num_samples, feature_dim, dtype=bank_dtype)
         self.seen = torch.zeros(num_samples, dtype=torch.bool)
@@ -127,7 +140,7 @@ class PseudoLabeler:
         """Store detached, L2-normalized features of a batch in the bank.
 
         Args:
-            index: ``(B,)`` dataset indices of the batch.
+            index: ``(B,)`` dataset indices of the batch (this rank's, when gathering).
             features: ``(B, D)`` features (any device; copied to the CPU).
         """
         check_embeddings("features", features)
@@ -135,8 +148,13 @@ class PseudoLabeler:
             raise ValueError(
                 f"features must have {self.feature_dim} columns, got {features.shape[1]}"
             )
-        index = check_index(index, features.shape[0], self.num_samples).cpu().long()
-        rows = F.normalize(features.detach().float(), dim=1).cpu()
+        index = check_index(index, features.shape[0], self.num_samples).long()
+        features = features.detach()
+        if self.gather_distributed:
+            index = distributed.all_gather_rows(index.to(features.device))[0]
+            features = distributed.all_gather_rows(features)[0]
+        index = index.cpu()
+        rows = F.normalize(features.float(), dim=1).cpu()
         self.bank[index] = rows.to(self.bank.dtype)
         self.seen[index] = True
 
@@ -155,12 +173,38 @@ class PseudoLabeler:
     def recluster(self) -> None:
         """Cluster every sample seen so far and fold the result into the estimates.
 
+        When gathering, rank 0 clusters and the others receive its results.
+
         Raises:
             NotFittedError: if the bank is empty.
             ValueError: if a ``num_clusters`` exceeds the number of samples seen.
         """
-        seen_index = self.seen.nonzero().squeeze(1)
-        num_points = seen_index.numel()
+        if not self.gather_distributed or not distributed.is_distributed():
+            self._recluster_here()
+            return
+        # The banks are identical, so these checks fail on every rank or on none.
+        self._check_can_cluster(int(self.seen.sum()))
+        if distributed.get_rank() == 0:
+            self._recluster_here()
+        self._copy_estimates_from_rank0()
+
+    def _copy_estimates_from_rank0(self) -> None:
+        self.labels = distributed.broadcast_from_root(self.labels)
+        self.log_frequency = distributed.broadcast_from_root(self.log_frequency)
+        self.has_estimate = distributed.broadcast_from_root(self.has_estimate)
+        self.num_fits = int(distributed.broadcast_from_root(torch.tensor(self.num_fits)))
+        # Rank 0's statistics, not a recomputation: a parallel mean over millions of
+        # values may round differently under another thread count.
+        statistics = torch.zeros(3, dtype=torch.float64)
+        if distributed.get_rank() == 0:
+            reference = self.frequency_reference()
+            statistics = torch.tensor(
+                [reference.log_mean, reference.log_min, reference.log_max], dtype=torch.float64
+            )
+        log_mean, log_min, log_max = distributed.broadcast_from_root(statistics).tolist()
+        self._reference = FrequencyReference(log_mean=log_mean, log_min=log_min, log_max=log_max)
+
+    def _check_can_cluster(self, num_points: int) -> None:
         if num_points == 0:
             raise NotFittedError("the bank is empty: call update() before clustering")
         for count in self.num_clusters:
@@ -168,6 +212,11 @@ class PseudoLabeler:
                 raise ValueError(
                     f"num_clusters={count} is larger than the {num_points} samples seen so far"
                 )
+
+    def _recluster_here(self) -> None:
+        seen_index = self.seen.nonzero().squeeze(1)
+        num_points = seen_index.numel()
+        self._check_can_cluster(num_points)
         points = np.ascontiguousarray(self.bank[seen_index].float().numpy())
         log_frequencies = []
         labels = None
@@ -289,7 +338,8 @@ class PseudoLabeler:
         return (
             f"PseudoLabeler(num_samples={self.num_samples}, feature_dim={self.feature_dim}, "
             f"num_clusters={self.num_clusters}, warmup_epochs={self.warmup_epochs}, "
-            f"recluster_every={self.recluster_every}, momentum={self.momentum})"
+            f"recluster_every={self.recluster_every}, momentum={self.momentum}, "
+            f"gather_distributed={self.gather_distributed})"
         )
 
 
