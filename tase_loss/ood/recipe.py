@@ -339,16 +339,19 @@ class TwoStageOOD:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the network and its optimizer that a resumed run needs."""
-        return {
-            "config": asdict(self.config),
-            "epoch": self.epoch,
-            "num_ood_draws": self.num_ood_draws,
-            "ood_queue": list(self._ood_queue),
-            "pseudo_labeler": self.pseudo_labeler.state_dict(),
-            "domain_head": self.domain_head.state_dict(),
-            "domain_optimizer": self.domain_optimizer.state_dict(),
-            "guide": None if self.guide is None else self.guide.state_dict(),
-        }
+        # Copies, not references: later steps update the head and Adam's moments in place.
+        return copy.deepcopy(
+            {
+                "config": asdict(self.config),
+                "epoch": self.epoch,
+                "num_ood_draws": self.num_ood_draws,
+                "ood_queue": self._ood_queue,
+                "pseudo_labeler": self.pseudo_labeler.state_dict(),
+                "domain_head": self.domain_head.state_dict(),
+                "domain_optimizer": self.domain_optimizer.state_dict(),
+                "guide": None if self.guide is None else self.guide.state_dict(),
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         """Restore :meth:`state_dict`'s output; ``model`` gives the guide's architecture."""
