@@ -42,8 +42,9 @@ def target_rows_loop(queries, keys, target, self_index, temperature, pair_weight
     return losses
 
 
-def pseudo_semantic_loop(out0, out1, labels, temperature, weight):
-    """SupCon L_out over 2B views with per-sample temperature and weight."""
+def pseudo_semantic_loop(out0, out1, labels, temperature, weight, instance_mass=0.0):
+    """SupCon L_out over 2B views with per-sample temperature and weight, a share
+    instance_mass of the target on the other view."""
     views = _views(out0, out1)
     size = len(views)
     view_labels = [int(label) for label in labels] * 2
@@ -53,7 +54,9 @@ def pseudo_semantic_loop(out0, out1, labels, temperature, weight):
         positives = [k for k in range(size) if k != a and view_labels[k] == view_labels[a]]
         logits = [torch.dot(views[a], views[k]) / temperatures[a] for k in range(size)]
         lse = torch.log(sum(torch.exp(logits[k]) for k in range(size) if k != a))
-        losses.append(lse - sum(logits[p] for p in positives) / len(positives))
+        supervised = lse - sum(logits[p] for p in positives) / len(positives)
+        instance = lse - logits[(a + size // 2) % size]
+        losses.append((1.0 - instance_mass) * supervised + instance_mass * instance)
     return _weighted_mean(losses, list(weight) * 2)
 
 

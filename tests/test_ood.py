@@ -137,14 +137,16 @@ def test_multi_positive_rows_equal_single_positive_rows_repeated_per_positive():
 # --- pseudo semantic discrimination ---------------------------------------------------
 
 
-def test_pseudo_semantic_loss_matches_loop_with_temperature_and_weight():
+@pytest.mark.parametrize("instance_mass", [0.0, 0.4, 1.0])
+def test_pseudo_semantic_loss_matches_loop_with_temperature_and_weight(instance_mass):
     out0 = _randn(6, 4, seed=20, requires_grad=True)
     out1 = _randn(6, 4, seed=21, requires_grad=True)
     labels = torch.tensor([0, 1, 0, 2, 1, 0])
     temperature = _per_sample(6, 22, low=0.1)
     weight = _per_sample(6, 23, low=0.0)
-    loss = pseudo_semantic_loss(out0, out1, labels, temperature, weight)
-    oracle = pseudo_semantic_loop(out0, out1, labels, temperature, weight)
+    loss = pseudo_semantic_loss(out0, out1, labels, temperature, weight,
+                                instance_mass=instance_mass)
+    oracle = pseudo_semantic_loop(out0, out1, labels, temperature, weight, instance_mass)
     _assert_same_values_and_grads(loss, oracle, (out0, out1, temperature, weight))
 
 
@@ -188,6 +190,12 @@ def test_pseudo_semantic_loss_rejects_bad_labels(labels, error, match):
     out0, out1 = _randn(3, 2, seed=29), _randn(3, 2, seed=30)
     with pytest.raises(error, match=match):
         pseudo_semantic_loss(out0, out1, labels)
+
+
+def test_pseudo_semantic_loss_rejects_bad_instance_mass():
+    with pytest.raises(ValueError, match="instance_mass must lie in"):
+        pseudo_semantic_loss(_randn(3, 2, seed=35), _randn(3, 2, seed=36), torch.arange(3),
+                             instance_mass=1.5)
 
 
 def test_pseudo_semantic_loss_rejects_a_single_sample_and_bad_temperature():

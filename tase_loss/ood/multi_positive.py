@@ -3,9 +3,11 @@
 Stage 1 of the OOD recipe (``docs/ood.md``). The paper's abstract names a "pseudo
 semantic discrimination loss"; its form here is our design: SupCon's ``L_out``
 (Khosla et al., 2020) with k-means pseudo-labels in place of class labels, plus
-TASE's per-anchor temperature ``t_a`` and weight ``w_a``::
+TASE's per-anchor temperature ``t_a`` and weight ``w_a``, and a share ``lambda``
+(``instance_mass``) of the target kept on the anchor's other view ``o(a)`` so that
+noisy early pseudo-labels cannot drown instance discrimination::
 
-    pi[a, k] = 1[y_k == y_a, k != a] / #{k != a : y_k == y_a}
+    pi[a, k] = lambda 1[k == o(a)] + (1 - lambda) 1[y_k == y_a, k != a] / #{k != a : y_k == y_a}
     l_a      = -sum_k pi[a, k] s[a, k] / t_a + log sum_{k != a} exp(s[a, k] / t_a)
     L        = sum_a w_a l_a / sum_a w_a
 
@@ -38,16 +40,22 @@ from tase_loss.functional import (
 __all__ = ["label_targets", "pseudo_semantic_loss"]
 
 
-def label_targets(row_labels: Tensor, column_labels: Tensor, self_index: Tensor) -> Tensor:
+def label_targets(
+    row_labels: Tensor,
+    column_labels: Tensor,
+    self_index: Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Uniform target distributions over the columns that share a row's label.
 
     Args:
         row_labels: ``(M,)`` integer labels of the anchors.
         column_labels: ``(N,)`` integer labels of the candidates.
         self_index: ``(M,)`` int64, the column each row excludes, or ``-1``.
+        dtype: floating dtype of the result.
 
     Returns:
-        ``(M, N)`` float32 targets; a row without any positive is all zeros.
+        ``(M, N)`` targets; a row without any positive is all zeros.
 
     Example:
         >>> import torch
@@ -59,7 +67,7 @@ def label_targets(row_labels: Tensor, column_labels: Tensor, self_index: Tensor)
     positive = (row_labels[:, None] == column_labels[None, :]) & (
         columns[None, :] != self_index[:, None]
     )
-    positive = positive.float()
+    positive = positive.to(dtype)
     return positive / positive.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
@@ -70,6 +78,7 @@ def pseudo_semantic_loss(
     temperature: TemperatureLike = 0.2,
     weight: Optional[Tensor] = None,
     reduction: str = "mean",
+    instance_mass: float = 0.0,
 ) -> Tensor:
     """Multi-positive NT-Xent: positives are the other view and all same-label views.
 
@@ -82,6 +91,8 @@ def pseudo_semantic_loss(
         weight: ``(B,)`` per-sample weights ``>= 0``, or ``None``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (the ``(2B,)`` vector
             ``w_a l_a``, first view's anchors first).
+        instance_mass: ``lambda`` in ``[0, 1]``, the target share held by the other
+            view; ``0`` is SupCon's ``L_out``, ``1`` is NT-Xent whatever the labels.
 
     Returns:
         The loss: a scalar, or ``(2B,)`` for ``reduction="none"``.
@@ -105,6 +116,10 @@ def pseudo_semantic_loss(
             f"out0 holds {batch_size} sample(s); a contrast needs at least 2 (no negatives)"
         )
     check_labels("labels", labels, batch_size, out0.device)
+    if isinstance(instance_mass, bool) or not isinstance(instance_mass, (int, float)) or not (
+        0 <= instance_mass <= 1
+    ):
+        raise ValueError(f"instance_mass must lie in [0, 1], got {instance_mass!r}")
     _check_common(temperature, weight, reduction, out0)
 
     embeddings = _unit_rows(torch.cat([out0, out1]))
@@ -113,10 +128,14 @@ def pseudo_semantic_loss(
     inverse_temperature = 1.0 / _per_row(temperature, batch_size, out0).repeat(2)
     row_weight = _per_row(weight, batch_size, out0)
     row_weight = None if row_weight is None else row_weight.repeat(2)
+    target = (1.0 - instance_mass) * label_targets(
+        view_labels, view_labels, rows, inverse_temperature.dtype
+    )
+    target[rows, rows.roll(batch_size)] += instance_mass
     weighted_loss = contrastive_targets(
         embeddings,
         embeddings,
-        label_targets(view_labels, view_labels, rows),
+        target,
         rows,
         inverse_temperature,
         torch.ones_like(inverse_temperature) if row_weight is None else row_weight,

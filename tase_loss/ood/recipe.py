@@ -52,6 +52,7 @@ class TwoStageConfig:
         num_clusters: ``k`` of the joint ID + OOD k-means.
         warmup_epochs: stage-1 epochs before the first clustering.
         temperature: base temperature ``t`` of every contrastive term.
+        instance_mass: target share of the other view in the pseudo semantic loss.
         temperature_gamma: exponent of the :class:`~tase_loss.TemperatureMap`.
         reweight_alpha: exponent of the :class:`~tase_loss.SampleReweighter`.
         domain_weight: factor of the domain discrimination loss.
@@ -73,6 +74,7 @@ class TwoStageConfig:
     num_clusters: int = 20
     warmup_epochs: int = 3
     temperature: float = 0.2
+    instance_mass: float = 0.0
     temperature_gamma: float = 0.25
     reweight_alpha: float = 0.5
     domain_weight: float = 0.1
@@ -231,7 +233,10 @@ class TwoStageOOD:
         bank_index = torch.cat([index.cpu().long(), self.num_id + ood_index])
         self.pseudo_labeler.update(bank_index, embeddings0.detach())
         labels, temperature, weight = self._guidance(bank_index, device)
-        contrastive = pseudo_semantic_loss(embeddings0, embeddings1, labels, temperature, weight)
+        contrastive = pseudo_semantic_loss(
+            embeddings0, embeddings1, labels, temperature, weight,
+            instance_mass=self.config.instance_mass,
+        )
         is_ood = (bank_index >= self.num_id).to(device).repeat(2)
         domain_logits = self.domain_head(torch.cat([embeddings0, embeddings1]))
         domain = domain_discrimination_loss(domain_logits, is_ood)
