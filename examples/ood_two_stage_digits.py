@@ -9,7 +9,8 @@ on backbone features of a balanced 10-shot labelled subset of the training pool,
 accuracy on the balanced test set; Many = digits 0-2, Medium = 3-6, Few = 7-9.
 
 Every method gets the same MLP, augmentations, optimizer (Adam), batch size and
-number of epochs over the ID data.
+number of epochs over the ID data ("ood-stage1-only" spends all of them in stage 1;
+"pixels" is the probe on raw pixels, for scale).
 
 Run from the repository root:
 ``PYTHONPATH=. python examples/ood_two_stage_digits.py --seeds 0 1 2``
@@ -97,11 +98,14 @@ def train_baseline(method: str, x: Tensor, epochs: int, batch_size: int, seed: i
     return model
 
 
-def train_ood_guided(x: Tensor, ood: Tensor, epochs: int, batch_size: int, seed: int) -> Network:
+def train_ood_guided(
+    x: Tensor, ood: Tensor, epochs: int, batch_size: int, seed: int, stage1_only: bool = False
+) -> Network:
     torch.manual_seed(seed)
     model = Network()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    config = TwoStageConfig(stage1_epochs=epochs // 2, stage2_epochs=epochs - epochs // 2,
+    stage1_epochs = epochs if stage1_only else epochs // 2
+    config = TwoStageConfig(stage1_epochs=stage1_epochs, stage2_epochs=epochs - stage1_epochs,
                             warmup_epochs=epochs // 10, num_clusters=20,
                             ood_batch_size=batch_size // 2, seed=seed)
     method = TwoStageOOD(ood, len(x), 64, augment, config)
@@ -134,7 +138,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--ood-size", type=int, default=2000)
     parser.add_argument("--methods", nargs="+",
-                        default=["pixels", "nt-xent", "tase", "ood-guided"])
+                        default=["pixels", "nt-xent", "tase", "ood-guided", "ood-stage1-only"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     ood = sample_image_patches(args.ood_size, seed=0) / 16.0
@@ -146,8 +150,9 @@ def main() -> None:
             if method == "pixels":  # reference: the probe on raw pixels, no training
                 model = Network()
                 model.backbone = nn.Identity()
-            elif method == "ood-guided":
-                model = train_ood_guided(x, ood, args.epochs, args.batch_size, seed)
+            elif method in ("ood-guided", "ood-stage1-only"):
+                model = train_ood_guided(x, ood, args.epochs, args.batch_size, seed,
+                                         stage1_only=method == "ood-stage1-only")
             else:
                 model = train_baseline(method, x, args.epochs, args.batch_size, seed)
             result = probe(model, x, y, x_test, y_test, seed)

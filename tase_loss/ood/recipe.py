@@ -74,7 +74,7 @@ class TwoStageConfig:
     num_clusters: int = 20
     warmup_epochs: int = 3
     temperature: float = 0.2
-    instance_mass: float = 0.0
+    instance_mass: float = 0.5
     temperature_gamma: float = 0.25
     reweight_alpha: float = 0.5
     domain_weight: float = 0.1
