@@ -332,7 +332,8 @@ def test_domain_loss_matches_loop_and_gradcheck():
     [
         (torch.zeros(3), torch.tensor([1, 0, 1]), TypeError, "is_ood must be a bool"),
         (torch.zeros(3), torch.tensor([True, False]), ValueError, "is_ood has shape"),
-        (torch.zeros(3, 1), torch.tensor([True, False, True]), ValueError, r"logits must be a \(B,\)"),
+        (torch.zeros(3, 1), torch.tensor([True, False, True]), ValueError,
+         r"logits must be a \(B,\)"),
         (torch.tensor([0.0, float("nan")]), torch.tensor([True, False]), ValueError, "NaN"),
         (torch.zeros(0), torch.zeros(0, dtype=torch.bool), ValueError, "empty"),
     ],

@@ -73,7 +73,8 @@ def domain_discrimination_loss(
 
     Example:
         >>> import torch
-        >>> loss = domain_discrimination_loss(torch.tensor([-4.0, 4.0]), torch.tensor([False, True]))
+        >>> logits, is_ood = torch.tensor([-4.0, 4.0]), torch.tensor([False, True])
+        >>> loss = domain_discrimination_loss(logits, is_ood)
         >>> round(float(loss), 4)
         0.0181
     """

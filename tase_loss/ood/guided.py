@@ -131,7 +131,8 @@ def _student_and_guide(
 
 
 def _check_positive_float(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+    finite_positive = isinstance(value, (int, float)) and 0 < value < float("inf")
+    if isinstance(value, bool) or not finite_positive:
         raise ValueError(f"{name} must be a finite value > 0, got {value!r}")
 
 
@@ -197,7 +198,10 @@ def guided_contrastive_loss(
     _check_common(temperature, weight, reduction, out0)
 
     target, pair_weight = guided_targets(
-        guide, num_neighbors, float(neighbor_mass), float(neighbor_temperature),
+        guide,
+        num_neighbors,
+        float(neighbor_mass),
+        float(neighbor_temperature),
         float(repulsion_power),
     )
     rows = torch.arange(2 * batch_size, device=out0.device)

@@ -29,6 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from tase_loss._validation import TemperatureLike
 from tase_loss.ood.domain import DomainHead, domain_discrimination_loss
 from tase_loss.ood.guided import guided_contrastive_loss, similarity_distillation_loss
 from tase_loss.ood.multi_positive import pseudo_semantic_loss
@@ -198,7 +199,10 @@ class TwoStageOOD:
         return 1 if self.epoch < self.config.stage1_epochs else 2
 
     def training_step(
-        self, batch: tuple[Tensor, Tensor, Tensor], model: nn.Module, optimizer: torch.optim.Optimizer
+        self,
+        batch: tuple[Tensor, Tensor, Tensor],
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
     ) -> float:
         """One optimization step on an ID batch; returns the loss value.
 
@@ -301,7 +305,7 @@ class TwoStageOOD:
 
     def _guidance(
         self, bank_index: Tensor, device: torch.device
-    ) -> tuple[Tensor, Any, Optional[Tensor]]:
+    ) -> tuple[Tensor, TemperatureLike, Optional[Tensor]]:
         """Pseudo-labels, temperatures and weights; distinct labels before clustering."""
         if not self.pseudo_labeler.is_fitted:
             return bank_index.to(device), self.config.temperature, None

@@ -20,8 +20,6 @@ cluster, points close to it over points far away (``proximity_temperature``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
