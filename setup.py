@@ -6,9 +6,10 @@ The compiled extension (csrc/) is optional and never required for ``pip install 
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "test": ["pytest>=7", "scikit-learn>=1.3", "numpy>=1.24"],
+    # Pillow: scikit-learn's load_sample_images() (the OOD patches of tase_loss.ood) needs it.
+    "test": ["pytest>=7", "scikit-learn>=1.3", "numpy>=1.24", "pillow>=9"],
     "bench": ["pytest>=7", "pytest-benchmark>=4", "scikit-learn>=1.3"],
-    "examples": ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "kornia>=0.7"],
+    "examples": ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "kornia>=0.7", "pillow>=9"],
 }
 EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
 

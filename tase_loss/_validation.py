@@ -106,3 +106,16 @@ def check_index(index: object, batch_size: int, num_samples: int) -> Tensor:
             f"[{int(index.min())}, {int(index.max())}]"
         )
     return index
+
+
+def check_labels(name: str, labels: object, batch_size: int, device: torch.device) -> Tensor:
+    """Require an integer ``(batch_size,)`` tensor on ``device``."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64 or int32 tensor, got dtype {labels.dtype}")
+    if labels.shape != (batch_size,):
+        raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}")
+    return labels

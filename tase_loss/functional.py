@@ -27,11 +27,12 @@ from tase_loss._validation import (
     check_temperature,
     check_weight,
 )
-from tase_loss.reference import contrastive_rows_reference
+from tase_loss.reference import contrastive_rows_reference, contrastive_targets_reference
 
 __all__ = [
     "byol_loss",
     "contrastive_rows",
+    "contrastive_targets",
     "moco_loss",
     "moco_loss_and_all_keys",
     "nt_xent_loss",
@@ -55,6 +56,28 @@ def contrastive_rows(
     """
     loss, _ = contrastive_rows_reference(
         queries, keys, positive_index, self_index, inverse_temperature, weight
+    )
+    return loss
+
+
+def contrastive_targets(
+    queries: Tensor,
+    keys: Tensor,
+    target: Tensor,
+    self_index: Tensor,
+    inverse_temperature: Tensor,
+    weight: Tensor,
+    pair_weight: Optional[Tensor] = None,
+) -> Tensor:
+    """Weighted per-row losses against target distributions, ``(M,)``, unvalidated.
+
+    The multi-positive sibling of :func:`contrastive_rows`; the arguments follow
+    :func:`tase_loss.reference.contrastive_targets_reference`. It always runs the
+    materialized reference: the fused op takes one positive index per row, so it
+    covers this only by repeating each row once per positive (see ``docs/ood.md``).
+    """
+    loss, _ = contrastive_targets_reference(
+        queries, keys, target, self_index, inverse_temperature, weight, pair_weight
     )
     return loss
 

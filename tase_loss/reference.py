@@ -12,14 +12,22 @@ The contract (shared with ``torch.ops.tase_loss.contrastive_forward``)::
     loss[a]      = weight[a] * (lse[a] - logits[a, positive_index[a]])
 
 ``self_index[a] == -1`` means that row excludes nothing from its denominator.
+
+:func:`contrastive_targets_reference` generalizes the positive to a target
+distribution ``pi[a, k]`` over the columns (several positives, soft targets) and
+lets an optional per-pair weight ``r[a, k]`` scale each column inside the
+denominator; a one-hot ``pi`` and unit ``r`` give :func:`contrastive_rows_reference`
+exactly. Both compute their logits with the same helper.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-__all__ = ["contrastive_rows_reference"]
+__all__ = ["contrastive_rows_reference", "contrastive_targets_reference"]
 
 
 def contrastive_rows_reference(
@@ -58,11 +66,86 @@ def contrastive_rows_reference(
         >>> loss.shape
         torch.Size([4])
     """
+    logits = _masked_scaled_logits(queries, keys, self_index, inverse_temperature)
+    lse = torch.logsumexp(logits, dim=1)
+    positive_logit = logits.gather(1, positive_index[:, None]).squeeze(1)
+    return weight.to(logits.dtype) * (lse - positive_logit), lse
+
+
+def contrastive_targets_reference(
+    queries: Tensor,
+    keys: Tensor,
+    target: Tensor,
+    self_index: Tensor,
+    inverse_temperature: Tensor,
+    weight: Tensor,
+    pair_weight: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-row cross-entropy against a target distribution over the columns.
+
+    The multi-positive / per-pair-weight generalization of
+    :func:`contrastive_rows_reference`::
+
+        lse[a]  = log sum_{k != self_index[a]} r[a, k] * exp(logits[a, k])
+        loss[a] = weight[a] * sum_k target[a, k] * (lse[a] - logits[a, k])
+
+    ``target[a] = one_hot(positive_index[a])`` with ``r = 1`` is the single-positive
+    contract; a target spread uniformly over the samples sharing ``a``'s label is
+    SupCon's ``L_out``; a softmax of another network's similarities is relational
+    distillation. Row ``a`` is the ``target``-weighted sum of single-positive rows,
+    one per column with ``target[a, k] > 0``.
+
+    Inputs are assumed valid: ``target >= 0`` and zero on each row's
+    ``self_index`` column, ``pair_weight >= 0`` with at least one positive entry
+    left in every row's denominator. ``target`` and ``pair_weight`` are constants:
+    they receive no gradient.
+
+    Args:
+        queries: ``(M, D)`` anchor embeddings.
+        keys: ``(N, D)`` candidate embeddings, same dtype and device.
+        target: ``(M, N)`` non-negative attraction strengths ``pi[a, k]``.
+        self_index: ``(M,)`` int64, the column each row leaves out, or ``-1``.
+        inverse_temperature: ``(M,)`` floating, ``1 / t_a``.
+        weight: ``(M,)`` floating, ``w_a``.
+        pair_weight: ``(M, N)`` non-negative repulsion strengths ``r[a, k]`` in the
+            denominator, or ``None`` for ones.
+
+    Returns:
+        ``(loss, lse)``: both ``(M,)`` in the accumulation dtype.
+
+    Example:
+        >>> import torch
+        >>> q = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+        >>> rows = torch.arange(4)
+        >>> one_hot = torch.nn.functional.one_hot(rows.roll(1), 4).float()
+        >>> args = (rows, torch.full((4,), 5.0), torch.ones(4))
+        >>> multi, _ = contrastive_targets_reference(q, q, one_hot, *args)
+        >>> single, _ = contrastive_rows_reference(q, q, rows.roll(1), *args)
+        >>> torch.allclose(multi, single)
+        True
+    """
+    logits = _masked_scaled_logits(queries, keys, self_index, inverse_temperature)
+    target = target.detach().to(logits.dtype)
+    denominator = logits
+    if pair_weight is not None:
+        denominator = logits + pair_weight.detach().to(logits.dtype).log()
+    lse = torch.logsumexp(denominator, dim=1)
+    # Columns without attraction contribute nothing, even where the logit is -inf.
+    attraction = torch.where(target > 0, target * logits, torch.zeros_like(logits)).sum(dim=1)
+    loss = weight.to(logits.dtype) * (target.sum(dim=1) * lse - attraction)
+    return loss, lse
+
+
+def _masked_scaled_logits(
+    queries: Tensor, keys: Tensor, self_index: Tensor, inverse_temperature: Tensor
+) -> Tensor:
+    """``(M, N)`` logits ``<q_a, k_k> / t_a`` with each row's ``self_index`` set to -inf.
+
+    The similarity matrix is computed in the inputs' dtype; the scaling in float32,
+    or float64 for float64 inputs.
+    """
     accumulate = torch.float64 if queries.dtype == torch.float64 else torch.float32
     logits = (queries @ keys.T).to(accumulate) * inverse_temperature.to(accumulate)[:, None]
     # A column index never equals -1, so rows with self_index -1 mask nothing.
     columns = torch.arange(keys.shape[0], device=keys.device)
-    logits = logits.masked_fill(columns[None, :] == self_index[:, None], float("-inf"))
-    lse = torch.logsumexp(logits, dim=1)
-    positive_logit = logits.gather(1, positive_index[:, None]).squeeze(1)
-    return weight.to(accumulate) * (lse - positive_logit), lse
+    return logits.masked_fill(columns[None, :] == self_index[:, None], float("-inf"))
