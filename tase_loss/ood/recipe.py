@@ -278,6 +278,18 @@ class TwoStageOOD:
         )
         return guided + config.distillation_weight * distillation
 
+    def _tail_biased_sampler(self) -> TailBiasedOODSampler:
+        """The OOD sampler for the labeler's current clustering of ID + OOD features."""
+        return TailBiasedOODSampler.from_pseudo_labeler(
+            self.pseudo_labeler,
+            self.num_id,
+            num_samples=self.num_ood,
+            tail_power=self.config.tail_power,
+            proximity_temperature=self.config.proximity_temperature,
+            replacement=True,
+            seed=self.config.seed,
+        )
+
     def on_epoch_end(self, epoch: int) -> None:
         """Refresh OOD features, re-cluster on schedule, start stage 2 when due.
 
@@ -289,15 +301,7 @@ class TwoStageOOD:
         if self.stage == 1:
             self._refresh_ood_features(self._model)
             if self.pseudo_labeler.maybe_recluster(epoch):
-                self.ood_sampler = TailBiasedOODSampler.from_pseudo_labeler(
-                    self.pseudo_labeler,
-                    self.num_id,
-                    num_samples=self.num_ood,
-                    tail_power=self.config.tail_power,
-                    proximity_temperature=self.config.proximity_temperature,
-                    replacement=True,
-                    seed=self.config.seed,
-                )
+                self.ood_sampler = self._tail_biased_sampler()
                 self._ood_queue = []
             if epoch + 1 == self.config.stage1_epochs:
                 self.guide = copy.deepcopy(self._model).eval().requires_grad_(False)
@@ -375,15 +379,7 @@ class TwoStageOOD:
         self._model = model
         self.ood_sampler = None
         if self.pseudo_labeler.is_fitted:
-            self.ood_sampler = TailBiasedOODSampler.from_pseudo_labeler(
-                self.pseudo_labeler,
-                self.num_id,
-                num_samples=self.num_ood,
-                tail_power=self.config.tail_power,
-                proximity_temperature=self.config.proximity_temperature,
-                replacement=True,
-                seed=self.config.seed,
-            )
+            self.ood_sampler = self._tail_biased_sampler()
         self.guide = None
         if state["guide"] is not None:
             self.guide = copy.deepcopy(model).eval().requires_grad_(False)
