@@ -173,12 +173,16 @@ def _setup_forward_with_grad(ctx: Any, inputs: tuple[Any, ...], output: tuple[Te
 
 
 def _input_grads(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Optional[Tensor], ...]:
-    """Gradients in input order (the two index tensors and ``grad_keys`` get ``None``)."""
+    """Gradients in input order (the two index tensors and ``grad_keys`` get ``None``).
+
+    A ``(0,)`` key gradient means the forward was called with ``grad_keys=False``: the
+    keys then get no gradient, as that flag promises.
+    """
     grad_queries, grad_keys, grad_inverse_temperature, grad_weight = grads
     wanted = ctx.needs_input_grad
     return (
         grad_queries if wanted[0] else None,
-        grad_keys if wanted[1] else None,
+        grad_keys if wanted[1] and grad_keys.dim() == 2 else None,
         None,
         None,
         grad_inverse_temperature if wanted[4] else None,

@@ -139,11 +139,12 @@ RowPassResult row_pass_typed(const RowInputs& inputs, const at::Tensor& coeffici
                              const at::Tensor& lse_in, bool grad_keys) {
   const auto accumulate = c10::CppTypeToScalarType<acc_t>::value;
   // Half inputs are widened once (O((M + N) D)); every product then runs in fp32.
-  const at::Tensor queries = inputs.queries.to(accumulate).contiguous();
-  const at::Tensor keys = inputs.keys.to(accumulate).contiguous();
+  // detach(): the op is its own autograd node, and out= GEMMs refuse inputs needing grad.
+  const at::Tensor queries = inputs.queries.detach().to(accumulate).contiguous();
+  const at::Tensor keys = inputs.keys.detach().to(accumulate).contiguous();
   const at::Tensor positive = inputs.positive_index.contiguous();
   const at::Tensor self = inputs.self_index.contiguous();
-  const at::Tensor inverse_temperature = inputs.inverse_temperature.to(accumulate).contiguous();
+  const at::Tensor inverse_temperature = inputs.inverse_temperature.detach().to(accumulate).contiguous();
   const int64_t rows = queries.size(0);
   const int64_t num_keys = keys.size(0);
   const int64_t dim = queries.size(1);
