@@ -6,8 +6,10 @@
 #include <torch/library.h>
 
 #ifndef TASE_LOSS_TORCH_VERSION
-#define TASE_LOSS_TORCH_VERSION "unknown"
+#define TASE_LOSS_TORCH_VERSION unknown
 #endif
+#define TASE_LOSS_STRINGIZE_VALUE(value) #value
+#define TASE_LOSS_STRINGIZE(macro) TASE_LOSS_STRINGIZE_VALUE(macro)
 
 namespace tase_loss {
 
@@ -146,7 +148,7 @@ extern "C" PyObject* PyInit__C(void) {
                                    nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
-  PyModule_AddStringConstant(module, "torch_version", TASE_LOSS_TORCH_VERSION);
+  PyModule_AddStringConstant(module, "torch_version", TASE_LOSS_STRINGIZE(TASE_LOSS_TORCH_VERSION));
 #ifdef TASE_LOSS_WITH_CUDA
   PyModule_AddIntConstant(module, "with_cuda", 1);
 #else

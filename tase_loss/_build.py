@@ -20,8 +20,11 @@ NVCC_FLAGS = ("-O3",)
 
 
 def version_define(torch_version: str) -> str:
-    """The macro that records which torch the extension was compiled against."""
-    return f'-DTASE_LOSS_TORCH_VERSION="{torch_version}"'
+    """The macro that records which torch the extension was compiled against.
+
+    Unquoted (the C++ side stringizes it): setuptools and the JIT quote differently.
+    """
+    return f"-DTASE_LOSS_TORCH_VERSION={torch_version}"
 
 
 def sources(with_cuda: bool, root: Path = SOURCE_ROOT) -> list[str]:

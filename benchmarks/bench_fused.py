@@ -1,0 +1,200 @@
+"""Fused contrastive-rows op vs the plain PyTorch path, lightly's formula and bare GEMMs.
+
+Forward + backward of NT-Xent rows (Q = K = both views, M = 2B anchors, self excluded,
+positive = other view), D = 128, one per-row temperature vector and unit weights:
+
+- ``fused``: :func:`tase_loss.ops.contrastive_rows_fused` (needs the built extension);
+- ``reference``: :func:`tase_loss.reference.contrastive_rows_reference`, the plain path
+  that materializes the ``(M, M)`` logits;
+- ``lightly``: lightly's ``NTXentLoss`` (memory_bank_size=0) as transcribed in
+  ``tests/oracles.py`` (lightly itself needs torchvision, which cannot be installed here);
+- ``gemm3``: the three GEMMs no implementation can avoid, ``S = Q K^T``, ``S K`` and
+  ``S^T Q``, at the same shapes with torch's threaded BLAS.
+
+Times are interleaved: every round runs every provider once, in a shuffled order, and the
+ratio to ``gemm3`` or ``reference`` is taken within a round before the median over rounds,
+so drift of a shared machine cancels. Peak memory is the growth of the peak RSS of a fresh
+subprocess per (provider, M), under an address-space limit so that an out-of-memory plain
+path is a recorded result, not a dead machine.
+
+Run as a script (``python benchmarks/bench_fused.py --help``) or through
+``pytest benchmarks/test_bench_fused.py -s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from oracles import lightly_nt_xent  # noqa: E402
+from tase_loss.ops import contrastive_rows_fused, is_applicable  # noqa: E402
+from tase_loss.reference import contrastive_rows_reference  # noqa: E402
+
+PROVIDERS = ("fused", "reference", "lightly", "gemm3")
+TEMPERATURE = 0.2
+
+
+def make_step(provider: str, rows: int, dim: int, seed: int = 0) -> Callable[[], None]:
+    """One forward + backward of ``provider`` on ``rows`` anchors, as a closure."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = rows // 2
+    out0 = torch.randn(batch, dim, generator=generator)
+    out1 = torch.randn(batch, dim, generator=generator)
+    embeddings = torch.nn.functional.normalize(torch.cat([out0, out1]), dim=1)
+    anchors = torch.arange(rows)
+    positive = anchors.roll(batch)
+    inverse_temperature = torch.full((rows,), 1 / TEMPERATURE)
+    weight = torch.ones(rows)
+
+    if provider == "gemm3":
+        queries = embeddings
+
+        def step() -> None:
+            similarity = queries @ queries.T
+            similarity @ queries
+            similarity.T @ queries
+
+        return step
+    if provider == "lightly":
+        view0 = out0.requires_grad_()
+        view1 = out1.requires_grad_()
+
+        def step() -> None:
+            lightly_nt_xent(view0, view1, TEMPERATURE).backward()
+
+        return step
+    leaf = embeddings.requires_grad_()
+    if provider == "fused":
+        if not is_applicable(leaf, leaf):
+            raise RuntimeError("the fused provider needs the built extension (TASE_LOSS_BUILD_EXT=1)")
+        rows_function = contrastive_rows_fused
+    elif provider == "reference":
+
+        def rows_function(*arguments):
+            return contrastive_rows_reference(*arguments)[0]
+
+    else:
+        raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
+
+    def step() -> None:
+        rows_function(leaf, leaf, positive, anchors, inverse_temperature, weight).mean().backward()
+        leaf.grad = None
+
+    return step
+
+
+def time_providers(
+    rows: int, dim: int, rounds: int, providers: tuple[str, ...] = PROVIDERS, seed: int = 0
+) -> dict[str, list[float]]:
+    """Seconds per forward + backward, one sample per provider per round (interleaved)."""
+    steps = {name: make_step(name, rows, dim) for name in providers}
+    for step in steps.values():
+        step()  # warm-up: allocator, BLAS and thread pools
+    order = random.Random(seed)
+    samples: dict[str, list[float]] = {name: [] for name in providers}
+    for _ in range(rounds):
+        names = list(providers)
+        order.shuffle(names)
+        for name in names:
+            start = time.perf_counter()
+            steps[name]()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def ratio_summary(samples: dict[str, list[float]], numerator: str, denominator: str) -> dict:
+    """Median and range over rounds of the within-round time ratio."""
+    ratios = [a / b for a, b in zip(samples[numerator], samples[denominator])]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def peak_memory(provider: str, rows: int, dim: int, limit_gb: float) -> dict:
+    """Peak-RSS growth (MB) of one forward + backward in a fresh, memory-limited process.
+
+    The kernel's high-water mark (VmHWM) is reset just before the step (``5`` to
+    ``/proc/self/clear_refs``), so the import of torch does not hide the step's peak.
+    """
+    code = (
+        "import json, resource, sys\n"
+        f"sys.path[:0] = [{str(REPO / 'benchmarks')!r}]\n"
+        "import torch\n"
+        "torch.set_num_threads(2)\n"
+        f"limit = int({limit_gb} * 2**30)\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        "from bench_fused import make_step\n"
+        "def status(field):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(field + ':'):\n"
+        "            return int(line.split()[1]) / 1024\n"
+        f"step = make_step({provider!r}, {rows}, {dim})\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "before = status('VmRSS')\n"
+        "try:\n"
+        "    step()\n"
+        "    outcome = 'ok'\n"
+        "except (RuntimeError, MemoryError) as error:\n"
+        "    outcome = 'out of memory: ' + str(error).splitlines()[0][:120]\n"
+        "peak = status('VmHWM')\n"
+        "print(json.dumps({'outcome': outcome, 'baseline_mb': before, 'peak_mb': peak,"
+        " 'growth_mb': peak - before}))\n"
+    )
+    start = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if completed.returncode != 0:
+        tail = (completed.stderr.strip().splitlines() or ["killed"])[-1]
+        return {"outcome": f"process failed: {tail[:160]}", "seconds": seconds}
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result["seconds"] = seconds
+    return result
+
+
+def run(rows: int, dim: int, rounds: int, memory_rows: list[int], limit_gb: float) -> dict:
+    torch.set_num_threads(2)
+    report: dict = {"rows": rows, "dim": dim, "rounds": rounds, "threads": torch.get_num_threads()}
+    samples = time_providers(rows, dim, rounds)
+    report["seconds_median"] = {name: statistics.median(values) for name, values in samples.items()}
+    report["fused_over_gemm3"] = ratio_summary(samples, "fused", "gemm3")
+    report["reference_over_fused"] = ratio_summary(samples, "reference", "fused")
+    report["lightly_over_fused"] = ratio_summary(samples, "lightly", "fused")
+    report["memory"] = {
+        f"{name}@{size}": peak_memory(name, size, dim, limit_gb)
+        for size in memory_rows
+        for name in ("fused", "reference", "lightly")
+    }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fused op benchmark (forward + backward)")
+    parser.add_argument("--rows", type=int, default=8192, help="M = 2B anchors for the timing")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--memory-rows", type=int, nargs="*", default=[4096, 16384, 65536])
+    parser.add_argument("--limit-gb", type=float, default=12.0, help="RLIMIT_AS of memory runs")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    arguments = parser.parse_args()
+    report = run(arguments.rows, arguments.dim, arguments.rounds, arguments.memory_rows, arguments.limit_gb)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if arguments.json:
+        arguments.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
