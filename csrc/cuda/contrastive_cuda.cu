@@ -122,7 +122,13 @@ __global__ void row_logsumexp_kernel(const scalar_t* __restrict__ similarity, in
     MaxSum<acc_t> local{-std::numeric_limits<acc_t>::infinity(), 0};
     for (int64_t k = threadIdx.x; k < num_keys; k += blockDim.x) {
       if (k == self) continue;
-      local = combine(local, MaxSum<acc_t>{invt * static_cast<acc_t>(row[k]), acc_t(1)});
+      const acc_t z = invt * static_cast<acc_t>(row[k]);
+      if (z <= local.max) {
+        local.sum += device_exp(z - local.max);
+      } else {  // new running max: rescale the sum once (exp(-inf) = 0 on the first key)
+        local.sum = local.sum * device_exp(local.max - z) + acc_t(1);
+        local.max = z;
+      }
     }
     const MaxSum<acc_t> total = block_reduce(local);
     value = total.max + device_log(total.sum);
