@@ -121,10 +121,11 @@ static void row_exp(double* s, int64_t n, double invt, int64_t self, double shif
   *weighted_sum_out = weighted;
 }
 
-// Rows per block: enough for efficient GEMMs, small enough that the scratch of a thread
-// stays near the size of a large L2 cache.
+// Rows per block: enough for efficient GEMMs (the dK update has the block as its inner
+// dimension), small enough that a thread's scratch stays within a few MiB. At N = 8192,
+// D = 128 on 2 cores, 64..256 rows ran within 5% of each other; 32 was 25% slower.
 int64_t block_rows_for(int64_t num_keys) {
-  const int64_t target_elements = int64_t{1} << 19;  // 2 MiB of float32
+  const int64_t target_elements = int64_t{1} << 20;  // 4 MiB of float32
   return std::clamp<int64_t>(target_elements / std::max<int64_t>(num_keys, 1), 16, 256);
 }
 
