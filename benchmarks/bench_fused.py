@@ -49,17 +49,24 @@ PROVIDERS = ("fused", "reference", "lightly", "gemm3")
 TEMPERATURE = 0.2
 
 
-def make_step(provider: str, rows: int, dim: int, seed: int = 0) -> Callable[[], None]:
+def make_step(
+    provider: str,
+    rows: int,
+    dim: int,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Callable[[], None]:
     """One forward + backward of ``provider`` on ``rows`` anchors, as a closure."""
     generator = torch.Generator().manual_seed(seed)
     batch = rows // 2
-    out0 = torch.randn(batch, dim, generator=generator)
-    out1 = torch.randn(batch, dim, generator=generator)
-    embeddings = torch.nn.functional.normalize(torch.cat([out0, out1]), dim=1)
-    anchors = torch.arange(rows)
+    out0 = torch.randn(batch, dim, generator=generator).to(device, dtype)
+    out1 = torch.randn(batch, dim, generator=generator).to(device, dtype)
+    embeddings = torch.nn.functional.normalize(torch.cat([out0, out1]).float(), dim=1).to(dtype)
+    anchors = torch.arange(rows, device=device)
     positive = anchors.roll(batch)
-    inverse_temperature = torch.full((rows,), 1 / TEMPERATURE)
-    weight = torch.ones(rows)
+    inverse_temperature = torch.full((rows,), 1 / TEMPERATURE, device=device)
+    weight = torch.ones(rows, device=device)
 
     if provider == "gemm3":
         queries = embeddings
@@ -99,12 +106,20 @@ def make_step(provider: str, rows: int, dim: int, seed: int = 0) -> Callable[[],
 
 
 def time_providers(
-    rows: int, dim: int, rounds: int, providers: tuple[str, ...] = PROVIDERS, seed: int = 0
+    rows: int,
+    dim: int,
+    rounds: int,
+    providers: tuple[str, ...] = PROVIDERS,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, list[float]]:
     """Seconds per forward + backward, one sample per provider per round (interleaved)."""
-    steps = {name: make_step(name, rows, dim) for name in providers}
+    steps = {name: make_step(name, rows, dim, device=device, dtype=dtype) for name in providers}
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for step in steps.values():
         step()  # warm-up: allocator, BLAS and thread pools
+    synchronize()
     order = random.Random(seed)
     samples: dict[str, list[float]] = {name: [] for name in providers}
     for _ in range(rounds):
@@ -113,6 +128,7 @@ def time_providers(
         for name in names:
             start = time.perf_counter()
             steps[name]()
+            synchronize()
             samples[name].append(time.perf_counter() - start)
     return samples
 
@@ -164,19 +180,62 @@ def peak_memory(provider: str, rows: int, dim: int, limit_gb: float) -> dict:
     return result
 
 
-def run(rows: int, dim: int, rounds: int, memory_rows: list[int], limit_gb: float) -> dict:
-    torch.set_num_threads(2)
-    report: dict = {"rows": rows, "dim": dim, "rounds": rounds, "threads": torch.get_num_threads()}
+def cuda_peak_memory(provider: str, rows: int, dim: int, dtype: torch.dtype) -> dict:
+    """Peak CUDA memory growth (MB) of one forward + backward, in this process."""
+    step = make_step(provider, rows, dim, device="cuda", dtype=dtype)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    try:
+        step()
+        torch.cuda.synchronize()
+        outcome = "ok"
+    except torch.cuda.OutOfMemoryError as error:
+        outcome = "out of memory: " + str(error).splitlines()[0][:120]
+    growth = (torch.cuda.max_memory_allocated() - before) / 2**20
+    del step
+    torch.cuda.empty_cache()
+    return {"outcome": outcome, "growth_mb": growth}
+
+
+def run(
+    rows: int,
+    dim: int,
+    rounds: int,
+    memory_rows: list[int],
+    limit_gb: float,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict:
+    on_cuda = device.startswith("cuda")
+    if not on_cuda:
+        torch.set_num_threads(2)
+    # lightly's transcription builds its masks on the CPU, so it is a CPU-only provider.
+    providers = ("fused", "reference", "gemm3") if on_cuda else PROVIDERS
+    report: dict = {
+        "rows": rows,
+        "dim": dim,
+        "rounds": rounds,
+        "device": torch.cuda.get_device_name() if on_cuda else f"cpu, {torch.get_num_threads()} threads",
+        "dtype": str(dtype),
+    }
     if rounds > 0:
-        samples = time_providers(rows, dim, rounds)
+        samples = time_providers(rows, dim, rounds, providers, device=device, dtype=dtype)
         report["seconds_median"] = {name: statistics.median(v) for name, v in samples.items()}
         report["fused_over_gemm3"] = ratio_summary(samples, "fused", "gemm3")
         report["reference_over_fused"] = ratio_summary(samples, "reference", "fused")
-        report["lightly_over_fused"] = ratio_summary(samples, "lightly", "fused")
+        if "lightly" in samples:
+            report["lightly_over_fused"] = ratio_summary(samples, "lightly", "fused")
+    memory_providers = ("fused", "reference") if on_cuda else ("fused", "reference", "lightly")
     report["memory"] = {
-        f"{name}@{size}": peak_memory(name, size, dim, limit_gb)
+        f"{name}@{size}": (
+            cuda_peak_memory(name, size, dim, dtype)
+            if on_cuda
+            else peak_memory(name, size, dim, limit_gb)
+        )
         for size in memory_rows
-        for name in ("fused", "reference", "lightly")
+        for name in memory_providers
     }
     return report
 
@@ -187,10 +246,23 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7, help="0 skips the timing")
     parser.add_argument("--memory-rows", type=int, nargs="*", default=[4096, 16384, 65536])
-    parser.add_argument("--limit-gb", type=float, default=12.0, help="RLIMIT_AS of memory runs")
+    parser.add_argument("--limit-gb", type=float, default=12.0, help="RLIMIT_AS of CPU memory runs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="embedding dtype (CUDA runs; the CPU kernel widens halves to float32)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     arguments = parser.parse_args()
-    report = run(arguments.rows, arguments.dim, arguments.rounds, arguments.memory_rows, arguments.limit_gb)
+    report = run(
+        arguments.rows,
+        arguments.dim,
+        arguments.rounds,
+        arguments.memory_rows,
+        arguments.limit_gb,
+        arguments.device,
+        getattr(torch, arguments.dtype),
+    )
     text = json.dumps(report, indent=2)
     print(text)
     if arguments.json:
