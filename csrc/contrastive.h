@@ -59,4 +59,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_with(
     const c10::optional<at::Tensor>& unit_grad_keys,
     const c10::optional<at::Tensor>& unit_grad_inverse_temperature);
 
+// The op signatures over a device's row pass, so that each device file only registers
+// `forward_op<its_pass>` and friends.
+template <RowPass pass>
+std::tuple<at::Tensor, at::Tensor> forward_op(const at::Tensor& queries, const at::Tensor& keys,
+                                              const at::Tensor& positive_index,
+                                              const at::Tensor& self_index,
+                                              const at::Tensor& inverse_temperature,
+                                              const at::Tensor& weight) {
+  return forward_with(
+      pass, RowInputs{queries, keys, positive_index, self_index, inverse_temperature, weight});
+}
+
+template <RowPass pass>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_with_grad_op(
+    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& positive_index,
+    const at::Tensor& self_index, const at::Tensor& inverse_temperature, const at::Tensor& weight,
+    bool grad_keys) {
+  return forward_with_grad_with(
+      pass, RowInputs{queries, keys, positive_index, self_index, inverse_temperature, weight},
+      grad_keys);
+}
+
+template <RowPass pass>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
+    const at::Tensor& grad_loss, const at::Tensor& queries, const at::Tensor& keys,
+    const at::Tensor& positive_index, const at::Tensor& self_index,
+    const at::Tensor& inverse_temperature, const at::Tensor& weight, const at::Tensor& lse,
+    const c10::optional<at::Tensor>& unit_grad_queries,
+    const c10::optional<at::Tensor>& unit_grad_keys,
+    const c10::optional<at::Tensor>& unit_grad_inverse_temperature) {
+  return backward_with(
+      pass, grad_loss,
+      RowInputs{queries, keys, positive_index, self_index, inverse_temperature, weight}, lse,
+      unit_grad_queries, unit_grad_keys, unit_grad_inverse_temperature);
+}
+
 }  // namespace tase_loss

@@ -38,10 +38,14 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _has_kernel(device_type: str) -> bool:
-    dispatch_key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return dispatch_key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        _FORWARD, dispatch_key
+def _kernel_device_types() -> frozenset[str]:
+    """Device types with a registered kernel, looked up once (a plain set under dynamo)."""
+    if not _extension.has_ext():
+        return frozenset()
+    return frozenset(
+        device_type
+        for device_type, dispatch_key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        if torch._C._dispatch_has_kernel_for_dispatch_key(_FORWARD, dispatch_key)
     )
 
 
@@ -58,13 +62,12 @@ def is_applicable(queries: Tensor, keys: Tensor) -> bool:
         True
     """
     return (
-        _extension.has_ext()
+        queries.device.type in _KERNEL_DEVICE_TYPES
         and queries.dim() == 2
         and keys.dim() == 2
         and queries.dtype in _SUPPORTED_DTYPES
         and keys.dtype == queries.dtype
         and queries.device == keys.device
-        and _has_kernel(queries.device.type)
     )
 
 
@@ -210,5 +213,6 @@ def _register() -> None:
     )
 
 
-if _extension.has_ext():
+_KERNEL_DEVICE_TYPES = _kernel_device_types()
+if _KERNEL_DEVICE_TYPES:
     _register()

@@ -271,48 +271,12 @@ RowPassResult row_pass_cpu(const RowInputs& inputs, const at::Tensor& coefficien
   return row_pass_typed<float>(inputs, coefficient, lse, grad_keys);
 }
 
-RowInputs pack(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& positive_index,
-               const at::Tensor& self_index, const at::Tensor& inverse_temperature,
-               const at::Tensor& weight) {
-  return {queries, keys, positive_index, self_index, inverse_temperature, weight};
-}
-
-std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& queries, const at::Tensor& keys,
-                                               const at::Tensor& positive_index,
-                                               const at::Tensor& self_index,
-                                               const at::Tensor& inverse_temperature,
-                                               const at::Tensor& weight) {
-  return forward_with(row_pass_cpu,
-                      pack(queries, keys, positive_index, self_index, inverse_temperature, weight));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_with_grad_cpu(
-    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& positive_index,
-    const at::Tensor& self_index, const at::Tensor& inverse_temperature, const at::Tensor& weight,
-    bool grad_keys) {
-  return forward_with_grad_with(
-      row_pass_cpu, pack(queries, keys, positive_index, self_index, inverse_temperature, weight),
-      grad_keys);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
-    const at::Tensor& grad_loss, const at::Tensor& queries, const at::Tensor& keys,
-    const at::Tensor& positive_index, const at::Tensor& self_index,
-    const at::Tensor& inverse_temperature, const at::Tensor& weight, const at::Tensor& lse,
-    const c10::optional<at::Tensor>& unit_grad_queries,
-    const c10::optional<at::Tensor>& unit_grad_keys,
-    const c10::optional<at::Tensor>& unit_grad_inverse_temperature) {
-  return backward_with(row_pass_cpu, grad_loss,
-                       pack(queries, keys, positive_index, self_index, inverse_temperature, weight),
-                       lse, unit_grad_queries, unit_grad_keys, unit_grad_inverse_temperature);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tase_loss, CPU, m) {
-  m.impl("contrastive_forward", &forward_cpu);
-  m.impl("contrastive_forward_with_grad", &forward_with_grad_cpu);
-  m.impl("contrastive_backward", &backward_cpu);
+  m.impl("contrastive_forward", &forward_op<row_pass_cpu>);
+  m.impl("contrastive_forward_with_grad", &forward_with_grad_op<row_pass_cpu>);
+  m.impl("contrastive_backward", &backward_op<row_pass_cpu>);
 }
 
 }  // namespace tase_loss
