@@ -346,3 +346,21 @@ def test_cuda_half_inputs_no_worse_than_reference_in_same_dtype(dtype):
         # gradient in the input dtype) but scales by grad_loss after the GEMMs, so its
         # gradient does not underflow where the reference's may.
         assert fused_error <= reference_error
+
+
+def test_build_for_another_torch_is_refused_with_the_reason():
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TASE_LOSS_")}
+    env.update(PYTHONPATH=str(REPO))
+    script = (
+        "import torch\n"
+        "torch.__version__ = '0.0.1'\n"  # pretend the running torch differs from the build's
+        "from tase_loss import _extension\n"
+        "print(_extension.has_ext(), _extension.load_error())\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.startswith("False") and "built for torch" in completed.stdout
+    env["TASE_LOSS_REQUIRE_EXT"] = "1"
+    required = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert required.returncode != 0 and "rebuild the extension" in required.stderr
