@@ -49,7 +49,9 @@ def _jit_compile() -> ModuleType:
     sources = _build.sources(with_cuda)
     missing = [path for path in sources if not Path(path).is_file()]
     if missing:
-        raise ImportError(f"JIT build needs the C++ sources of a source checkout; missing {missing}")
+        raise ImportError(
+            f"JIT build needs the C++ sources of a source checkout; missing {missing}"
+        )
     default_cache = Path.home() / ".cache" / "tase_loss" / torch.__version__
     build_directory = Path(os.environ.get(JIT_CACHE_VARIABLE, default_cache))
     build_directory.mkdir(parents=True, exist_ok=True)
@@ -110,7 +112,9 @@ def has_ext() -> bool:
         _module, _error = _import_module()
         _loaded = True
     if _module is None and _flag(REQUIRE_VARIABLE):
-        raise RuntimeError(f"{REQUIRE_VARIABLE}=1 but the tase_loss extension is unusable: {_error}")
+        raise RuntimeError(
+            f"{REQUIRE_VARIABLE}=1 but the tase_loss extension is unusable: {_error}"
+        )
     return _module is not None
 
 

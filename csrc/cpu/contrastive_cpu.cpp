@@ -1,10 +1,12 @@
 // CPU row pass: blocks of rows in parallel (at::parallel_for), each block against ALL keys.
 //
 // Per block of R rows: S = Q_blk K^T (GEMM into an R x N scratch), then per row the exact
-// log-sum-exp with a vectorized exp; for a gradient pass the scratch is overwritten in
-// place with dZ-scaled probabilities D, followed by dQ_blk = D K and dK_thread += D^T Q_blk
-// (two more GEMMs). Memory beyond inputs and outputs: one R x N scratch and one N x D
-// key-gradient accumulator per thread, i.e. O((M + N) D + threads * R * N), never M x N.
+// log-sum-exp with a vectorized exp (one exp per similarity); for a gradient pass the
+// scratch is overwritten in place with E = exp(z - shift), followed by dQ_blk = E K and
+// dK_thread += E^T Q_blk (two more GEMMs) whose R x D operands and results carry the
+// per-row scales and the one-hot corrections. Memory beyond inputs and outputs: one R x N
+// scratch and one N x D key-gradient accumulator per thread, i.e.
+// O((M + N) D + threads * (R N + N D)), never M x N.
 #include "../contrastive.h"
 
 #include <ATen/Parallel.h>
@@ -28,9 +30,9 @@ namespace {
 #define TASE_ROW_LOOP
 #endif
 
-// exp(x) for float, branch-free so that it vectorizes: Cephes' degree-6 polynomial on
-// x - n ln2, scaled by 2^n through the exponent bits; about 2 ulp. Exactly 0 below the
-// smallest normal (masked entries rely on that).
+// exp(x) for float, branch-free so that it vectorizes: Cephes' expf polynomial on
+// x - n ln2, scaled by 2^n through the exponent bits (the float32 parity tests hold at
+// rtol 1e-5). Exactly 0 below the smallest normal. Needs IEEE rounding (no -ffast-math).
 static inline float exp_float(float x) {
   const bool underflow = x < -87.33654f;
   x = std::min(std::max(x, -87.33654f), 88.0f);
@@ -145,7 +147,8 @@ RowPassResult row_pass_typed(const RowInputs& inputs, const at::Tensor& coeffici
   const at::Tensor keys = inputs.keys.detach().to(accumulate).contiguous();
   const at::Tensor positive = inputs.positive_index.contiguous();
   const at::Tensor self = inputs.self_index.contiguous();
-  const at::Tensor inverse_temperature = inputs.inverse_temperature.detach().to(accumulate).contiguous();
+  const at::Tensor inverse_temperature =
+      inputs.inverse_temperature.detach().to(accumulate).contiguous();
   const int64_t rows = queries.size(0);
   const int64_t num_keys = keys.size(0);
   const int64_t dim = queries.size(1);
