@@ -133,6 +133,49 @@ def time_providers(
     return samples
 
 
+def time_moco(
+    batch: int, queue: int, dim: int, rounds: int, seed: int = 0
+) -> dict[str, list[float]]:
+    """MoCo shape: ``batch`` queries against ``batch + queue`` keys that need no gradient.
+
+    Providers: ``fused``, ``reference`` and ``gemm2`` (``S = Q K^T`` and ``P K``, the two
+    GEMMs left when the keys take no gradient). Interleaved like :func:`time_providers`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    queries = torch.nn.functional.normalize(torch.randn(batch, dim, generator=generator), dim=1)
+    keys = torch.nn.functional.normalize(torch.randn(batch + queue, dim, generator=generator), dim=1)
+    leaf = queries.requires_grad_()
+    arguments = (
+        torch.arange(batch),
+        torch.full((batch,), -1),
+        torch.full((batch,), 1 / TEMPERATURE),
+        torch.ones(batch),
+    )
+
+    def fused() -> None:
+        contrastive_rows_fused(leaf, keys, *arguments).mean().backward()
+        leaf.grad = None
+
+    def reference() -> None:
+        contrastive_rows_reference(leaf, keys, *arguments)[0].mean().backward()
+        leaf.grad = None
+
+    def gemm2() -> None:
+        (queries.detach() @ keys.T) @ keys
+
+    steps = {"fused": fused, "reference": reference, "gemm2": gemm2}
+    for step in steps.values():
+        step()
+    order = random.Random(seed)
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name in order.sample(list(steps), len(steps)):
+            start = time.perf_counter()
+            steps[name]()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
 def ratio_summary(samples: dict[str, list[float]], numerator: str, denominator: str) -> dict:
     """Median and range over rounds of the within-round time ratio."""
     ratios = [a / b for a, b in zip(samples[numerator], samples[denominator])]
@@ -207,6 +250,7 @@ def run(
     limit_gb: float,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    moco_queue: int = 65536,
 ) -> dict:
     on_cuda = device.startswith("cuda")
     if not on_cuda:
@@ -227,6 +271,12 @@ def run(
         report["reference_over_fused"] = ratio_summary(samples, "reference", "fused")
         if "lightly" in samples:
             report["lightly_over_fused"] = ratio_summary(samples, "lightly", "fused")
+    if rounds > 0 and moco_queue > 0 and not on_cuda:
+        moco = time_moco(256, moco_queue, dim, rounds)
+        report["moco_batch_256_queue"] = moco_queue
+        report["moco_seconds_median"] = {name: statistics.median(v) for name, v in moco.items()}
+        report["moco_fused_over_gemm2"] = ratio_summary(moco, "fused", "gemm2")
+        report["moco_reference_over_fused"] = ratio_summary(moco, "reference", "fused")
     memory_providers = ("fused", "reference") if on_cuda else ("fused", "reference", "lightly")
     report["memory"] = {
         f"{name}@{size}": (
@@ -252,6 +302,9 @@ def main() -> None:
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
         help="embedding dtype (CUDA runs; the CPU kernel widens halves to float32)",
     )
+    parser.add_argument(
+        "--moco-queue", type=int, default=65536, help="queue of the MoCo timing (B = 256); 0 skips"
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     arguments = parser.parse_args()
     report = run(
@@ -262,6 +315,7 @@ def main() -> None:
         arguments.limit_gb,
         arguments.device,
         getattr(torch, arguments.dtype),
+        arguments.moco_queue,
     )
     text = json.dumps(report, indent=2)
     print(text)
