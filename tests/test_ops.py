@@ -364,3 +364,31 @@ def test_build_for_another_torch_is_refused_with_the_reason():
     env["TASE_LOSS_REQUIRE_EXT"] = "1"
     required = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert required.returncode != 0 and "rebuild the extension" in required.stderr
+
+
+def test_non_contiguous_inputs():
+    queries, keys, positive, self_index, inverse_temperature, weight = _case(11, 17, 6, seed=13)
+    # Same values as strided and transposed views.
+    strided_queries = torch.stack([queries, -queries], dim=2).reshape(11, 12)[:, ::2]
+    transposed_keys = keys.T.contiguous().T
+    assert not strided_queries.is_contiguous() and not transposed_keys.is_contiguous()
+    raw_loss, _ = OPS.contrastive_forward(
+        strided_queries, transposed_keys, positive, self_index, inverse_temperature, weight
+    )
+    torch.testing.assert_close(
+        raw_loss, contrastive_rows_reference(queries, keys, positive, self_index, inverse_temperature, weight)[0],
+        rtol=1e-12, atol=1e-12,
+    )
+    # Gradients through the op with non-contiguous leaves (clone keeps the keys' strides).
+    case = _with_grad(
+        (strided_queries, transposed_keys, positive, self_index, inverse_temperature, weight)
+    )
+    reference_case = _with_grad((queries, keys, positive, self_index, inverse_temperature, weight))
+    grad_rows = torch.rand(11, dtype=F64)
+    fused_loss = contrastive_rows_fused(*case)
+    reference_loss = contrastive_rows_reference(*reference_case)[0]
+    torch.testing.assert_close(fused_loss, reference_loss, rtol=1e-12, atol=1e-12)
+    for actual, wanted in zip(
+        _grads(fused_loss, grad_rows, case), _grads(reference_loss, grad_rows, reference_case)
+    ):
+        torch.testing.assert_close(actual, wanted, rtol=1e-10, atol=1e-12)
