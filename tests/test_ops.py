@@ -392,3 +392,20 @@ def test_non_contiguous_inputs():
         _grads(fused_loss, grad_rows, case), _grads(reference_loss, grad_rows, reference_case)
     ):
         torch.testing.assert_close(actual, wanted, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_counts_give_the_same_gradients(threads):
+    """Uneven chunks of row blocks and one key-gradient partial per thread."""
+    case = _with_grad(_case(700, 300, 8, seed=14))
+    reference_case = _with_grad(tuple(t.detach() for t in case))
+    grad_rows = torch.rand(700, dtype=F64)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused = _grads(contrastive_rows_fused(*case), grad_rows, case)
+    finally:
+        torch.set_num_threads(previous)
+    expected = _grads(contrastive_rows_reference(*reference_case)[0], grad_rows, reference_case)
+    for actual, wanted in zip(fused, expected):
+        torch.testing.assert_close(actual, wanted, rtol=1e-10, atol=1e-12)
