@@ -27,6 +27,7 @@ from tase_loss._validation import (
     check_temperature,
     check_weight,
 )
+from tase_loss.ops import contrastive_rows_fused, is_applicable
 from tase_loss.reference import contrastive_rows_reference, contrastive_targets_reference
 
 __all__ = [
@@ -52,8 +53,14 @@ def contrastive_rows(
     """Weighted per-row losses ``w_a * l_a``, shape ``(M,)``, without validation.
 
     The building block under every contrastive loss of the library; the arguments
-    follow :func:`tase_loss.reference.contrastive_rows_reference`.
+    follow :func:`tase_loss.reference.contrastive_rows_reference`. Runs the fused op
+    (:mod:`tase_loss.ops`, never the ``(M, N)`` matrix) when it is built and applicable,
+    else the pure-PyTorch reference; both agree within the dtype's tolerance.
     """
+    if is_applicable(queries, keys):
+        return contrastive_rows_fused(
+            queries, keys, positive_index, self_index, inverse_temperature, weight
+        )
     loss, _ = contrastive_rows_reference(
         queries, keys, positive_index, self_index, inverse_temperature, weight
     )

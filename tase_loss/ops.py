@@ -1,0 +1,218 @@
+"""The only code that touches ``torch.ops.tase_loss``: the fused contrastive-rows op.
+
+The op family (schema in ``csrc/contrastive.cpp``, kernels in ``csrc/cpu`` and
+``csrc/cuda``) computes :func:`tase_loss.reference.contrastive_rows_reference`'s rows tile
+by tile, never materializing the ``(M, N)`` logit matrix:
+
+- ``contrastive_forward`` -> ``(loss, lse)``; its backward recomputes the rows
+  (four GEMMs in forward + backward).
+- ``contrastive_forward_with_grad`` additionally returns the gradient for a unit
+  ``grad_loss``; when the actual ``grad_loss`` is uniform (a ``mean`` or ``sum`` of the
+  rows, the usual case) the backward only scales it, so training costs the three GEMMs
+  ``Q K^T``, ``P K`` and ``P^T Q``. A non-uniform ``grad_loss`` falls back to recompute.
+- ``contrastive_backward`` (private) gives the gradients for queries, keys, inverse
+  temperature and weight.
+
+The ``lse`` output carries no gradient. This module registers fake (meta) kernels and
+autograd formulas, so the op works under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from tase_loss import _extension
+
+__all__ = ["contrastive_rows_fused", "is_applicable"]
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FORWARD = "tase_loss::contrastive_forward"
+_FORWARD_WITH_GRAD = "tase_loss::contrastive_forward_with_grad"
+_BACKWARD = "tase_loss::contrastive_backward"
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _kernel_device_types() -> frozenset[str]:
+    """Device types with a registered kernel, looked up once (a plain set under dynamo)."""
+    if not _extension.has_ext():
+        return frozenset()
+    return frozenset(
+        device_type
+        for device_type, dispatch_key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        if torch._C._dispatch_has_kernel_for_dispatch_key(_FORWARD, dispatch_key)
+    )
+
+
+def is_applicable(queries: Tensor, keys: Tensor) -> bool:
+    """Whether :func:`contrastive_rows_fused` can run on these embeddings.
+
+    True when the extension is loaded, both are 2-D of one supported dtype (float16,
+    bfloat16, float32, float64) on one device, and the op has a kernel for that device.
+
+    Example:
+        >>> import torch
+        >>> from tase_loss import _extension
+        >>> is_applicable(torch.randn(4, 8), torch.randn(6, 8)) == _extension.has_ext()
+        True
+    """
+    return (
+        queries.device.type in _KERNEL_DEVICE_TYPES
+        and queries.dim() == 2
+        and keys.dim() == 2
+        and queries.dtype in _SUPPORTED_DTYPES
+        and keys.dtype == queries.dtype
+        and queries.device == keys.device
+    )
+
+
+def contrastive_rows_fused(
+    queries: Tensor,
+    keys: Tensor,
+    positive_index: Tensor,
+    self_index: Tensor,
+    inverse_temperature: Tensor,
+    weight: Tensor,
+) -> Tensor:
+    """Weighted per-row losses ``w_a * l_a`` from the fused op, shape ``(M,)``.
+
+    Same contract and arguments as
+    :func:`tase_loss.reference.contrastive_rows_reference` (which also returns the
+    ``lse``); differentiable in ``queries``, ``keys``, ``inverse_temperature`` and
+    ``weight``. Requires :func:`is_applicable`; inputs are not validated here.
+
+    Returns:
+        ``(M,)`` in float32 (float64 for float64 inputs).
+
+    Example:
+        >>> import torch
+        >>> from tase_loss.reference import contrastive_rows_reference
+        >>> if is_applicable(torch.ones(1, 1), torch.ones(1, 1)):
+        ...     q = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+        ...     rows = torch.arange(6)
+        ...     args = (q, q, rows.roll(3), rows, torch.full((6,), 5.0), torch.ones(6))
+        ...     fused = contrastive_rows_fused(*args)
+        ...     assert torch.allclose(fused, contrastive_rows_reference(*args)[0], atol=1e-5)
+    """
+    needs_grad = torch.is_grad_enabled() and (
+        queries.requires_grad or keys.requires_grad or inverse_temperature.requires_grad
+    )
+    arguments = (queries, keys, positive_index, self_index, inverse_temperature, weight)
+    if needs_grad:
+        return torch.ops.tase_loss.contrastive_forward_with_grad(*arguments, keys.requires_grad)[0]
+    return torch.ops.tase_loss.contrastive_forward(*arguments)[0]
+
+
+def _rows_like(queries: Tensor) -> Tensor:
+    return queries.new_empty((queries.shape[0],), dtype=_accumulation_dtype(queries.dtype))
+
+
+def _fake_forward(
+    queries: Tensor,
+    keys: Tensor,
+    positive_index: Tensor,
+    self_index: Tensor,
+    inverse_temperature: Tensor,
+    weight: Tensor,
+) -> tuple[Tensor, Tensor]:
+    return _rows_like(queries), _rows_like(queries)
+
+
+def _fake_forward_with_grad(
+    queries: Tensor,
+    keys: Tensor,
+    positive_index: Tensor,
+    self_index: Tensor,
+    inverse_temperature: Tensor,
+    weight: Tensor,
+    grad_keys: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    accumulate = _accumulation_dtype(queries.dtype)
+    unit_grad_keys = keys.new_empty(keys.shape if grad_keys else (0,), dtype=accumulate)
+    return (
+        _rows_like(queries),
+        _rows_like(queries),
+        queries.new_empty(queries.shape, dtype=accumulate),
+        unit_grad_keys,
+        _rows_like(queries),
+    )
+
+
+def _fake_backward(
+    grad_loss: Tensor,
+    queries: Tensor,
+    keys: Tensor,
+    positive_index: Tensor,
+    self_index: Tensor,
+    inverse_temperature: Tensor,
+    weight: Tensor,
+    lse: Tensor,
+    unit_grad_queries: Optional[Tensor] = None,
+    unit_grad_keys: Optional[Tensor] = None,
+    unit_grad_inverse_temperature: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    no_key_grad = unit_grad_keys is not None and unit_grad_keys.dim() == 1
+    return (
+        torch.empty_like(queries),
+        keys.new_empty((0,)) if no_key_grad else torch.empty_like(keys),
+        torch.empty_like(inverse_temperature),
+        torch.empty_like(weight),
+    )
+
+
+def _setup_forward(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(*inputs[:6], output[1])
+
+
+def _setup_forward_with_grad(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(*inputs[:6], *output[1:])
+
+
+def _input_grads(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Optional[Tensor], ...]:
+    """Gradients in input order (the two index tensors and ``grad_keys`` get ``None``).
+
+    A ``(0,)`` key gradient means the forward was called with ``grad_keys=False``: the
+    keys then get no gradient, as that flag promises.
+    """
+    grad_queries, grad_keys, grad_inverse_temperature, grad_weight = grads
+    wanted = ctx.needs_input_grad
+    return (
+        grad_queries if wanted[0] else None,
+        grad_keys if wanted[1] and grad_keys.dim() == 2 else None,
+        None,
+        None,
+        grad_inverse_temperature if wanted[4] else None,
+        grad_weight if wanted[5] else None,
+    )
+
+
+def _backward_forward(ctx: Any, grad_loss: Tensor, grad_lse: Optional[Tensor]) -> tuple:
+    grads = torch.ops.tase_loss.contrastive_backward(grad_loss, *ctx.saved_tensors)
+    return _input_grads(ctx, grads)
+
+
+def _backward_forward_with_grad(ctx: Any, grad_loss: Tensor, *unused_grads: Any) -> tuple:
+    grads = torch.ops.tase_loss.contrastive_backward(grad_loss, *ctx.saved_tensors)
+    return (*_input_grads(ctx, grads), None)
+
+
+def _register() -> None:
+    torch.library.register_fake(_FORWARD)(_fake_forward)
+    torch.library.register_fake(_FORWARD_WITH_GRAD)(_fake_forward_with_grad)
+    torch.library.register_fake(_BACKWARD)(_fake_backward)
+    torch.library.register_autograd(_FORWARD, _backward_forward, setup_context=_setup_forward)
+    torch.library.register_autograd(
+        _FORWARD_WITH_GRAD, _backward_forward_with_grad, setup_context=_setup_forward_with_grad
+    )
+
+
+_KERNEL_DEVICE_TYPES = _kernel_device_types()
+if _KERNEL_DEVICE_TYPES:
+    _register()
