@@ -7,7 +7,15 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     "test": ["pytest>=7", "scikit-learn>=1.3", "numpy>=1.24"],
-    "bench": ["pytest>=7", "pytest-benchmark>=4", "scikit-learn>=1.3"],
+    "bench": [
+        "pytest>=7",
+        "pytest-benchmark>=4",
+        "scikit-learn>=1.3",
+        "threadpoolctl>=3",
+        # Its own requirements (numpy, scikit-learn, tqdm, torch>=1.6) are met by the
+        # CPU torch installed first, so this pulls no new torch.
+        "pytorch-metric-learning>=2",
+    ],
     "examples": ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "kornia>=0.7"],
 }
 EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})

@@ -7,6 +7,7 @@ this folder (``testpaths`` in pyproject.toml).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -96,6 +97,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="address-space cap of each memory probe beyond its imports; more is recorded as oom",
     )
     group.addoption(
+        "--bench-rounds",
+        type=int,
+        default=None,
+        help="timed rounds of each interleaved loss benchmark (default: 5 quick, 11 full)",
+    )
+    group.addoption(
         "--bench-threads",
         type=int,
         default=None,
@@ -116,6 +123,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _bench_config(config: pytest.Config) -> BenchConfig:
     sweep = FULL if config.getoption("--full") else QUICK
+    if config.getoption("--bench-rounds") is not None:
+        sweep = dataclasses.replace(sweep, rounds=config.getoption("--bench-rounds"))
     device = config.getoption("--bench-device")
     report = config.getoption("--bench-report") or (
         REPO_ROOT / "benchmarks" / "results" / f"report-{device.split(':')[0]}-{sweep.name}.md"
@@ -144,7 +153,7 @@ def _limit_threads(count: int) -> object:
 
 def pytest_configure(config: pytest.Config) -> None:
     bench = _bench_config(config)
-    settings = f"--{bench.sweep.name} --bench-device {bench.device}"
+    settings = f"--{bench.sweep.name} --bench-device {bench.device} (rounds {bench.sweep.rounds})"
     threads = config.getoption("--bench-threads")
     if threads is not None:
         config._tase_thread_limits = _limit_threads(threads)  # type: ignore[attr-defined]

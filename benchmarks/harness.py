@@ -58,16 +58,21 @@ def _quartiles(values: tuple[float, ...]) -> tuple[float, float]:
     return quartiles[0], quartiles[2]
 
 
-def _time_once(prepare: Prepare, repeats: int, synchronize: Callable[[], None]) -> float:
+def _time_once(
+    prepare: Prepare,
+    repeats: int,
+    synchronize: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """Seconds per call, averaged over ``repeats`` calls, each with its own preparation."""
     total = 0.0
     for _ in range(repeats):
         call = prepare()
         synchronize()
-        start = time.perf_counter()
+        start = clock()
         call()
         synchronize()
-        total += time.perf_counter() - start
+        total += clock() - start
     return total / repeats
 
 
@@ -118,3 +123,33 @@ def time_interleaved(
         )
         results[name] = Timing(samples=tuple(values), ratios=ratios)
     return results
+
+
+def paired_differences(
+    baseline: Prepare,
+    other: Prepare,
+    pairs: int,
+    synchronize: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Seconds ``other`` takes beyond ``baseline``, one single-call pair at a time.
+
+    Returns ``(baseline_seconds, differences)``, one value per pair each.
+
+    The two calls of a pair run back to back (in alternating order); the median of
+    the differences is the overhead estimate. On a shared machine, pass
+    ``clock=time.thread_time`` with one compute thread: the CPU time of the calling
+    thread does not count the time it waits while other jobs run, which wall-clock
+    pairs of a few milliseconds cannot escape.
+    """
+    baselines, differences = [], []
+    for pair in range(pairs):
+        first, second = (baseline, other) if pair % 2 == 0 else (other, baseline)
+        first_seconds = _time_once(first, 1, synchronize, clock)
+        second_seconds = _time_once(second, 1, synchronize, clock)
+        baseline_seconds, other_seconds = (
+            (first_seconds, second_seconds) if pair % 2 == 0 else (second_seconds, first_seconds)
+        )
+        baselines.append(baseline_seconds)
+        differences.append(other_seconds - baseline_seconds)
+    return tuple(baselines), tuple(differences)

@@ -6,9 +6,8 @@ provider and size. The child reports, as JSON on its last line:
 
 * ``import_mib``: peak RSS after the imports and the ``(B, D)`` inputs, before any
   loss call (the import-only baseline);
-* ``peak_mib``: peak RSS of the whole process at the end (``ru_maxrss``): what
-  ``/usr/bin/time -v`` calls "Maximum resident set size"; for ``compiled`` it
-  includes compilation;
+* ``peak_mib``: peak RSS of the whole process (what ``/usr/bin/time -v`` calls
+  "Maximum resident set size"); for ``compiled`` it includes compilation;
 * ``call_mib``: growth of the peak during a second, warm call over the RSS just
   before it (the peak counter is reset through ``/proc/self/clear_refs``): the
   memory one call of the loss needs;
@@ -19,6 +18,10 @@ The child caps its address space at its size after the imports plus ``cap_gib``
 allocation error, recorded as ``oom``, instead of exhausting a shared machine. It
 runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns freed buffers to the
 system and the RSS before the second call holds no freed memory of the first.
+
+Peaks are read from ``VmHWM`` in ``/proc/self/status``, not ``ru_maxrss``: Linux
+carries ``ru_maxrss`` across ``exec``, so a child forked from a large pytest process
+would report the parent's size.
 """
 
 from __future__ import annotations
@@ -56,10 +59,6 @@ def _status_kib(field: str) -> int:
         return int(re.search(rf"^{field}:\s+(\d+)", status.read(), re.MULTILINE).group(1))
 
 
-def _max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def _is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, MemoryError):
         return True
@@ -89,7 +88,7 @@ def _run_child(provider_name: str, batch: int, dim: int, mode: str, device: str,
             loss.backward()
             out0.grad = out1.grad = None
 
-    import_mib = _max_rss_mib()
+    import_mib = _status_kib("VmHWM") / 1024
     if device == "cpu":
         cap = _status_kib("VmSize") * 1024 + int(cap_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -97,12 +96,14 @@ def _run_child(provider_name: str, batch: int, dim: int, mode: str, device: str,
         call()  # warm: compilation, lazy initialization
         gc.collect()
         if device == "cpu":
+            first_peak_kib = _status_kib("VmHWM")
             with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
                 clear_refs.write("5")  # resets the peak-RSS counter to the current RSS
             before_kib = _status_kib("VmRSS")
             call()
-            call_mib = (_status_kib("VmHWM") - before_kib) / 1024
-            peak_mib = max(_max_rss_mib(), import_mib)
+            second_peak_kib = _status_kib("VmHWM")
+            call_mib = (second_peak_kib - before_kib) / 1024
+            peak_mib = max(first_peak_kib, second_peak_kib) / 1024
         else:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

@@ -69,9 +69,9 @@ class Report:
 def format_seconds(seconds: Optional[float]) -> str:
     if seconds is None:
         return "-"
-    if seconds >= 1:
+    if abs(seconds) >= 1:
         return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
+    if abs(seconds) >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds * 1e6:.0f} us"
 

@@ -59,7 +59,7 @@ def test_agreement_with_loop_oracle(bench_config: BenchConfig, bench_report: Rep
         inputs = [out0.to(device).requires_grad_(), out1.to(device).requires_grad_()]
         loss = provider.build(TEMPERATURE)(*inputs)
         gradients = torch.autograd.grad(loss, inputs)
-        loss_error = abs(float(loss) - float(exact))
+        loss_error = abs(float(loss.detach()) - float(exact.detach()))
         gradient_error = max(
             float((gradient.double().cpu() - reference).abs().max())
             for gradient, reference in zip(gradients, exact_gradients)
@@ -102,8 +102,8 @@ def test_peak_memory(
     )
     table.notes[:] = [
         "import-only: peak RSS after imports and inputs, before any call; process peak: "
-        "`ru_maxrss` at the end (what `/usr/bin/time -v` reports; includes compilation "
-        "for `compiled`); one warm call: peak growth during a second call over the RSS "
+        "peak RSS of the whole process (`VmHWM`; what `/usr/bin/time -v` reports as maximum "
+        "resident set size; includes compilation for `compiled`); one warm call: peak growth during a second call over the RSS "
         "just before it.",
         f"Each probe may use {bench_config.memory_cap_gib:g} GiB of address space beyond its "
         "imports (RLIMIT_AS); `oom` means the provider needed more.",

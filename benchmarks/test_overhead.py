@@ -8,6 +8,7 @@ write (``update``); the per-epoch re-clustering is reported amortized over an ep
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable
 
@@ -15,13 +16,31 @@ import torch
 from torch import nn
 
 from benchmarks.conftest import BenchConfig
-from benchmarks.harness import time_interleaved
+from benchmarks.harness import paired_differences, time_interleaved
 from benchmarks.report import Report, format_seconds, timing_cells
 from tase_loss import PseudoLabeler, TASEContrastiveLoss, functional
 from tase_loss._validation import check_index, check_temperature, check_weight
 
 BATCH, DIM, DATASET, BACKBONE_DIM = 256, 128, 10_000, 64
 TEMPERATURE = 0.2
+
+
+def _paired_cell(baselines: tuple[float, ...], differences: tuple[float, ...]) -> str:
+    """Median difference, its p25-p75, and its share of the baseline's median time."""
+    low, high = statistics.quantiles(differences, n=4, method="inclusive")[::2]
+    median = statistics.median(differences)
+    return (
+        f"{format_seconds(median)} ({format_seconds(low)} - {format_seconds(high)}); "
+        f"{100 * median / statistics.median(baselines):+.1f} % of NT-Xent's "
+        f"{format_seconds(statistics.median(baselines))}"
+    )
+
+
+def _pair_clock(bench_config: BenchConfig) -> tuple[Callable[[], float], str]:
+    """Thread CPU time when all the work runs on this thread, else wall-clock."""
+    if bench_config.device == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time, "CPU time of the calling thread (1 compute thread)"
+    return time.perf_counter, "wall-clock"
 
 
 def _fitted_labeler(feature_dim: int) -> PseudoLabeler:
@@ -66,14 +85,27 @@ def test_loss_overhead(bench_report: Report, bench_config: BenchConfig) -> None:
         providers, "NT-Xent: loss(out0, out1)", rounds=10 * bench_config.sweep.rounds,
         synchronize=bench_config.synchronize,
     )
+    baseline = "NT-Xent: loss(out0, out1)"
+    pairs = 40 * bench_config.sweep.rounds
+    clock, clock_name = _pair_clock(bench_config)
     table = bench_report.table(
         f"TASE overhead: loss forward+backward, B = {BATCH}, D = {DIM} ({device})",
-        ["what", "median", "p25 - p75", "ratio to NT-Xent (p25-p75)"],
+        ["what", "median", "p25 - p75", "ratio to NT-Xent (p25-p75)",
+         f"paired difference to NT-Xent, median of {pairs} (p25-p75)"],
     )
-    table.rows.extend([name, *timing_cells(timing)] for name, timing in timings.items())
+    for name, timing in timings.items():
+        if name == baseline or name.startswith("lookup"):
+            difference = "-"
+        else:
+            difference = _paired_cell(*paired_differences(
+                providers[baseline], providers[name], pairs, bench_config.synchronize, clock
+            ))
+        table.rows.append([name, *timing_cells(timing), difference])
     table.notes[:] = [
         f"PseudoLabeler over N = {DATASET} samples, k = 10, fitted once; TemperatureMap and "
         "SampleReweighter at their defaults. 'lookup alone' is part of the TASE row.",
+        "Paired difference: single calls of NT-Xent and the row run back to back in "
+        f"alternating order, timed as {clock_name}; the median of the per-pair differences.",
     ]
     assert torch.isfinite(tase(out0, out1, index=index))
 
@@ -92,7 +124,9 @@ def test_lookup_breakdown(bench_report: Report, bench_config: BenchConfig) -> No
     reference = labeler.frequency_reference()
     temperature = guidance.temperature_map(frequency, reference)
     weight = guidance.reweighter(frequency, reference)
+    features = torch.randn(BATCH, DIM, generator=generator).to(device)
     pieces: dict[str, Callable[[], object]] = {
+        "PseudoLabeler.update(index, features) (bank write, per step)": lambda: labeler.update(index, features),
         "check_index (int(min), int(max))": lambda: check_index(index, BATCH, DATASET),
         "PseudoLabeler.frequency(index)": lambda: labeler.frequency(index),
         "PseudoLabeler.frequency_reference()": labeler.frequency_reference,
@@ -168,15 +202,23 @@ def test_training_step_overhead(bench_report: Report, bench_config: BenchConfig)
     labeler.recluster()
     recluster_seconds = time.perf_counter() - start
     steps_per_epoch = DATASET // BATCH
+    pairs = 10 * bench_config.sweep.rounds
+    clock, clock_name = _pair_clock(bench_config)
+    paired = _paired_cell(*paired_differences(
+        train_step(False), train_step(True), pairs, bench_config.synchronize, clock
+    ))
     table = bench_report.table(
         f"TASE overhead: full training step, small CNN on 2 x ({BATCH}, 3, 32, 32) ({device})",
-        ["what", "median", "p25 - p75", "ratio to NT-Xent step (p25-p75)"],
+        ["what", "median", "p25 - p75", "ratio to NT-Xent step (p25-p75)",
+         f"paired difference to NT-Xent step, median of {pairs} (p25-p75)"],
     )
-    table.rows.extend([name, *timing_cells(timing)] for name, timing in timings.items())
+    for name, timing in timings.items():
+        table.rows.append([name, *timing_cells(timing), "-" if name == "NT-Xent step" else paired])
     nt_xent_step = timings["NT-Xent step"].median
+    table.notes[:] = [f"Paired difference timed as {clock_name}."]
     table.rows.append([
         f"re-clustering (N = {DATASET}, k = 10), amortized over {steps_per_epoch} steps/epoch",
         format_seconds(recluster_seconds / steps_per_epoch), f"one recluster(): {format_seconds(recluster_seconds)}",
-        f"{recluster_seconds / steps_per_epoch / nt_xent_step:.3f} (one run)",
+        f"{recluster_seconds / steps_per_epoch / nt_xent_step:.3f} (one run)", "-",
     ])
     assert recluster_seconds > 0
