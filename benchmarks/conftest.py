@@ -153,7 +153,9 @@ def _limit_threads(count: int) -> object:
 
 def pytest_configure(config: pytest.Config) -> None:
     bench = _bench_config(config)
-    settings = f"--{bench.sweep.name} --bench-device {bench.device} (rounds {bench.sweep.rounds})"
+    settings = f"--{bench.sweep.name} --bench-device {bench.device}"
+    if config.getoption("--bench-rounds") is not None:
+        settings += f" --bench-rounds {bench.sweep.rounds}"
     threads = config.getoption("--bench-threads")
     if threads is not None:
         config._tase_thread_limits = _limit_threads(threads)  # type: ignore[attr-defined]
