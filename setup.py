@@ -43,7 +43,14 @@ def _extension_options():
 EXTRAS = {
     # Pillow: scikit-learn's load_sample_images() (the OOD patches of tase_loss.ood) needs it.
     "test": ["pytest>=7", "scikit-learn>=1.3", "numpy>=1.24", "pillow>=9"],
-    "bench": ["pytest>=7", "pytest-benchmark>=4", "scikit-learn>=1.3"],
+    "bench": [
+        "pytest>=7",
+        "scikit-learn>=1.3",
+        "threadpoolctl>=3",
+        # Its own requirements (numpy, scikit-learn, tqdm, torch>=1.6) are met by the
+        # CPU torch installed first, so this pulls no new torch.
+        "pytorch-metric-learning>=2",
+    ],
     "examples": ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "kornia>=0.7", "pillow>=9"],
 }
 EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
