@@ -52,8 +52,19 @@ def check_same_shape(name: str, tensor: Tensor, like_name: str, like: Tensor) ->
     check_same_layout(name, tensor, like_name, like)
 
 
-def check_per_sample(name: str, value: Tensor, batch_size: int, device: torch.device) -> None:
-    """Require a finite floating ``(batch_size,)`` tensor on ``device``."""
+def check_per_sample(
+    name: str,
+    value: Tensor,
+    batch_size: int,
+    device: torch.device,
+    lower_bound: float = float("-inf"),
+    strict: bool = False,
+) -> None:
+    """Require a finite floating ``(batch_size,)`` tensor on ``device`` above a bound.
+
+    The values are checked with one host synchronization; the message is worked out
+    only when the check fails.
+    """
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a float or a torch.Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
@@ -62,18 +73,19 @@ def check_per_sample(name: str, value: Tensor, batch_size: int, device: torch.de
         raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(value.shape)}")
     if value.device != device:
         raise ValueError(f"{name} is on {value.device} but the embeddings are on {device}")
+    above = value > lower_bound if strict else value >= lower_bound
+    if bool((above & torch.isfinite(value)).all()):
+        return
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
+    relation = ">" if strict else ">="
+    raise ValueError(f"{name} must be {relation} {lower_bound:g}, got minimum {value.min().item():.6g}")
 
 
 def check_temperature(temperature: TemperatureLike, batch_size: int, device: torch.device) -> None:
     """Require a positive float or a positive ``(batch_size,)`` tensor."""
     if isinstance(temperature, Tensor):
-        check_per_sample("temperature", temperature, batch_size, device)
-        if not bool((temperature > 0).all()):
-            raise ValueError(
-                f"temperature must be > 0, got minimum {temperature.min().item():.6g}"
-            )
+        check_per_sample("temperature", temperature, batch_size, device, 0.0, strict=True)
         return
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(
@@ -85,10 +97,9 @@ def check_temperature(temperature: TemperatureLike, batch_size: int, device: tor
 
 def check_weight(weight: Tensor, batch_size: int, device: torch.device, reduction: str) -> None:
     """Require non-negative weights whose sum can divide a weighted mean."""
-    check_per_sample("weight", weight, batch_size, device)
-    if not bool((weight >= 0).all()):
-        raise ValueError(f"weight must be >= 0, got minimum {weight.min().item():.6g}")
-    if reduction == "mean" and not bool(weight.sum() > 0):
+    check_per_sample("weight", weight, batch_size, device, 0.0)
+    # Non-negative weights sum to 0 only if their maximum is 0.
+    if reduction == "mean" and not bool(weight.max() > 0):
         raise ValueError("weight sums to 0, so reduction='mean' is undefined")
 
 
@@ -100,7 +111,7 @@ def check_index(index: object, batch_size: int, num_samples: int) -> Tensor:
         raise TypeError(f"index must be an int64 or int32 tensor, got dtype {index.dtype}")
     if index.shape != (batch_size,):
         raise ValueError(f"index must have shape ({batch_size},), got {tuple(index.shape)}")
-    if batch_size and (int(index.min()) < 0 or int(index.max()) >= num_samples):
+    if batch_size and not bool(((index >= 0) & (index < num_samples)).all()):
         raise ValueError(
             f"index must lie in [0, {num_samples}), got values in "
             f"[{int(index.min())}, {int(index.max())}]"
