@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from tase_loss import functional
 from tase_loss._validation import (
     TemperatureLike,
+    check_index,
     check_embeddings,
     check_reduction,
     check_temperature,
@@ -24,7 +25,14 @@ __all__ = ["TASEContrastiveLoss", "TASECosineLoss"]
 
 
 class _PseudoLabelGuidance:
-    """Looks up per-sample temperatures and weights of a batch from a pseudo-labeler."""
+    """Looks up per-sample temperatures and weights of a batch from a pseudo-labeler.
+
+    Both only change when the labeler re-clusters (or is loaded) or a map's settings
+    change, so they are computed for all ``N`` samples at once and cached as ``(N,)``
+    tables; a batch's lookup is then a gather. The cache is keyed by the labeler's
+    :class:`~tase_loss.FrequencyReference` object (a new one comes with every fit and
+    every load) and the maps' ``repr`` (which lists all their settings).
+    """
 
     def __init__(
         self,
@@ -35,6 +43,7 @@ class _PseudoLabelGuidance:
         self.pseudo_labeler = pseudo_labeler
         self.temperature_map = temperature_map
         self.reweighter = reweighter
+        self._tables: Optional[tuple[object, str, Optional[Tensor], Optional[Tensor]]] = None
 
     def lookup(
         self, index: Tensor, device: torch.device
@@ -47,16 +56,29 @@ class _PseudoLabelGuidance:
             raise ValueError("index= needs a pseudo_labeler attached to the loss")
         if not self.pseudo_labeler.is_fitted:
             return None, None
-        log_frequency = self.pseudo_labeler.log_frequency_of(index)
+        if not isinstance(index, Tensor) or index.dim() != 1:
+            raise ValueError("index must be a (B,) torch.Tensor")
+        cpu_index = check_index(index.cpu(), index.shape[0], self.pseudo_labeler.num_samples)
+        temperature_table, weight_table = self._current_tables()
+        return tuple(  # type: ignore[return-value]
+            None if table is None else table[cpu_index].to(device, non_blocking=True)
+            for table in (temperature_table, weight_table)
+        )
+
+    def _current_tables(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        assert self.pseudo_labeler is not None
         reference = self.pseudo_labeler.frequency_reference()
-        temperature = weight = None
-        if self.temperature_map is not None:
-            temperature = self.temperature_map.from_log_frequency(log_frequency, reference)
-            temperature = temperature.to(device, non_blocking=True)
-        if self.reweighter is not None:
-            weight = self.reweighter.from_log_frequency(log_frequency, reference)
-            weight = weight.to(device, non_blocking=True)
-        return temperature, weight
+        settings = f"{self.temperature_map!r} {self.reweighter!r}"
+        if self._tables is None or self._tables[0] is not reference or self._tables[1] != settings:
+            every_sample = torch.arange(self.pseudo_labeler.num_samples)
+            log_frequency = self.pseudo_labeler.log_frequency_of(every_sample)
+            temperature = weight = None
+            if self.temperature_map is not None:
+                temperature = self.temperature_map.from_log_frequency(log_frequency, reference)
+            if self.reweighter is not None:
+                weight = self.reweighter.from_log_frequency(log_frequency, reference)
+            self._tables = (reference, settings, temperature, weight)
+        return self._tables[2], self._tables[3]
 
 
 class TASEContrastiveLoss(nn.Module):

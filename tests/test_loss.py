@@ -140,3 +140,31 @@ def test_module_reductions_shapes(reduction):
     out0, out1 = _batch()
     loss = TASEContrastiveLoss(reduction=reduction)(out0, out1, weight=torch.rand(6, dtype=F64))
     assert loss.shape == ((12,) if reduction == "none" else ())
+
+
+def test_lookup_tables_follow_reclustering_map_changes_and_loading():
+    labeler = _fitted_labeler(momentum=0.0)
+    criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=labeler)
+    index = torch.tensor([0, 30, 36, 38, 39, 5])
+
+    def expected():
+        frequency, reference = labeler.frequency(index), labeler.frequency_reference()
+        guidance = criterion.guidance
+        return (guidance.temperature_map(frequency, reference), guidance.reweighter(frequency, reference))
+
+    def check():
+        for looked_up, direct in zip(criterion.guidance.lookup(index, torch.device("cpu")), expected()):
+            torch.testing.assert_close(looked_up, direct, rtol=1e-6, atol=0)
+
+    check()
+    before = criterion.guidance.lookup(index, torch.device("cpu"))[0].clone()
+    generator = torch.Generator().manual_seed(5)
+    labeler.update(torch.arange(40), torch.randn(40, 4, generator=generator))
+    labeler.recluster()
+    check()
+    assert not torch.equal(before, criterion.guidance.lookup(index, torch.device("cpu"))[0])
+    criterion.guidance.temperature_map.gamma = 1.0
+    criterion.guidance.reweighter.alpha = 0.0
+    check()
+    labeler.load_state_dict(_fitted_labeler().state_dict())
+    check()
