@@ -114,7 +114,9 @@ def test_list_losses(capsys):
     assert cli.main(["--list-losses"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == sorted(METHODS)
-    assert {"ntxent", "tase", "tase-temperature", "tase-reweight", "moco-tase", "byol-tase"} <= set(listed)
+    assert {"ntxent", "tase", "tase-temperature", "tase-reweight", "tase-oracle", "moco-tase", "byol-tase"} <= set(
+        listed
+    )
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -256,6 +258,42 @@ def test_ablation_methods_switch_one_mechanism_off():
     assert temperature_only.temperature_map(frequency)[1] < temperature_only.temperature_map(frequency)[0]
 
 
+def test_oracle_method_uses_true_class_frequencies():
+    model = build_model("digits-cnn", 1, projection_dim=16)
+    labels = np.array([0] * 6 + [1] * 3 + [2])
+    settings = MethodSettings(num_clusters=(2,), warmup_epochs=1)
+    method = build_method("tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings=settings,
+                                                       train_labels=labels), model)
+    assert method.on_epoch_end(0) == {} and method.sample_statistics() == {}
+    assert method.on_epoch_end(1) == {"reclustered": 1.0}
+    statistics = method.sample_statistics()
+    np.testing.assert_allclose(statistics["frequency"], [0.6] * 6 + [0.3] * 3 + [0.1], rtol=1e-6)
+    assert statistics["weight"][-1] > statistics["weight"][0]
+    assert statistics["temperature"][-1] < statistics["temperature"][0]
+    with pytest.raises(ValueError, match="true training labels"):
+        build_method("tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings=settings), model)
+
+
+def test_merge_results_resummarizes_and_refuses_partial():
+    from tase_loss.experiments.runner import merge_results
+
+    dataset = {"name": "toy", "class_counts": [2, 1, 1]}
+
+    def part(loss, accuracies):
+        runs = [{"loss": loss, "seed": seed, "linear": {"all": value}, "knn": {"all": value}}
+                for seed, value in enumerate(accuracies)]
+        return {"dataset": dataset, "config": {}, "runs": runs}
+
+    merged = merge_results([part("ntxent", [0.5, 0.7]), part("tase", [0.6])])
+    assert list(merged["summary"]) == ["ntxent", "tase"]
+    assert merged["summary"]["ntxent"]["all"]["mean"] == pytest.approx(0.6)
+    assert merged["summary"]["ntxent"]["all"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    with pytest.raises(ValueError, match="unfinished"):
+        merge_results([{"partial": True, "runs": []}])
+    with pytest.raises(ValueError, match="different datasets"):
+        merge_results([part("ntxent", [0.5]), {**part("tase", [0.6]), "dataset": {"name": "other"}}])
+
+
 # --- recipes in examples/ run a few steps ------------------------------------------------------
 
 
@@ -294,7 +332,7 @@ def test_embedded_default_end_to_end(capsys, tmp_path):
     with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
     assert set(results["summary"]) == {"ntxent", "tase"}
-    assert results["dataset"]["class_counts"] == [130, 100, 78, 60, 46, 36, 28, 21, 16, 13]
+    assert results["dataset"]["class_counts"] == [130, 100, 77, 60, 46, 36, 28, 21, 16, 13]
     assert len(results["runs"]) == 4
     tase_run = next(run for run in results["runs"] if run["loss"] == "tase")
     assert "temperature" in tase_run["sample_statistics"] and "nmi" in tase_run["history"][-1]

@@ -103,7 +103,7 @@ def load_digits_lt(
     Example:
         >>> data = load_digits_lt(ratio=10.0)
         >>> data.class_counts.tolist()
-        [130, 100, 78, 60, 46, 36, 28, 21, 16, 13]
+        [130, 100, 77, 60, 46, 36, 28, 21, 16, 13]
         >>> data.x_test.shape, data.x_probe.shape
         ((400, 1, 8, 8), (1300, 1, 8, 8))
     """

@@ -102,6 +102,8 @@ class MethodContext:
     device: torch.device
     amp: bool = False
     settings: MethodSettings = field(default_factory=MethodSettings)
+    train_labels: Optional[np.ndarray] = None
+    """True training labels; only oracle methods (upper bounds) read them."""
 
 
 class MixedPrecision:
@@ -291,6 +293,36 @@ class ContrastiveMethod(Method):
         return {"loss": float(loss.detach())}
 
 
+class OracleContrastiveMethod(ContrastiveMethod):
+    """TASE with the true class frequencies in place of the k-means estimates (an upper bound).
+
+    At the end of the warm-up the pseudo-labeler's state is set to the true labels and
+    ``f_i = n_class(i) / N``, and it is never re-clustered. Separates "the estimates are
+    poor" from "the temperature/weight mechanism does not help".
+    """
+
+    def __init__(self, context: MethodContext, model: ContrastiveModel) -> None:
+        if context.train_labels is None:
+            raise ValueError("the oracle method needs the true training labels (MethodContext.train_labels)")
+        super().__init__(context, model, guidance="both")
+        self.train_labels = torch.as_tensor(context.train_labels, dtype=torch.int64)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        labeler = self.labeler
+        if labeler.is_fitted or not labeler.should_recluster(epoch):
+            return {}
+        counts = torch.bincount(self.train_labels).double()
+        state = labeler.state_dict()
+        state.update(
+            labels=self.train_labels.clone(),
+            log_frequency=(counts / counts.sum()).log()[self.train_labels],
+            has_estimate=torch.ones_like(state["has_estimate"]),
+            num_fits=1,
+        )
+        labeler.load_state_dict(state)
+        return {"reclustered": 1.0}
+
+
 class CosineMethod(Method):
     """BYOL (EMA target) or SimSiam (shared encoder, stop-gradient), optionally re-weighted.
 
@@ -381,6 +413,9 @@ def _register_builtin() -> None:
         register_method(name, description)(
             lambda context, model, guidance=guidance, moco=moco: ContrastiveMethod(context, model, guidance, moco)
         )
+    register_method("tase-oracle", "TASE with the true class frequencies (upper bound; reads labels)")(
+        OracleContrastiveMethod
+    )
     for variant in ("byol", "simsiam"):
         for guided in (False, True):
             name = f"{variant}-tase" if guided else variant

@@ -50,6 +50,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     counts = np.asarray(results["dataset"]["class_counts"])
     order = np.argsort(-counts, kind="stable")
@@ -60,6 +61,8 @@ def plot_results(results: dict[str, Any], path: str) -> None:
         mean, spread = per_class.mean(axis=0), per_class.std(axis=0)
         axes[0].errorbar(counts[order], 100 * mean[order], yerr=100 * spread[order], marker="o", capsize=3, label=loss)
     axes[0].set_xscale("log")
+    axes[0].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].set_xlabel("training images of the class (log)")
     axes[0].set_ylabel("linear-probe accuracy (%)")
     axes[0].set_title("per-class accuracy vs class frequency")

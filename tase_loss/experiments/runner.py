@@ -91,7 +91,9 @@ def run_single(
     model = build_model(config.encoder, data.x_train.shape[1]).to(device)
     method = build_method(
         loss,
-        MethodContext(data.x_train.shape[0], seed, device, amp=config.amp, settings=config.method),
+        MethodContext(
+            data.x_train.shape[0], seed, device, amp=config.amp, settings=config.method, train_labels=data.y_train
+        ),
         model,
     )
     checkpoint_folder = os.path.join(config.output_dir, "checkpoints")
