@@ -11,7 +11,9 @@ reports how the estimates track the true class frequencies:
 - few/many: geometric-mean f over true Few samples / over true Many samples (the true
   value is printed as "true");
 - t few/many: the same ratio for the TASE temperatures the default power map
-  (gamma 0.25) would assign.
+  (gamma 0.25) would assign;
+- "knn-density" rows: the rank correlation of an alternative estimate, the mean cosine
+  similarity to the 20 nearest neighbours, with the true class frequency.
 
 Usage:
     python studies/pseudo_label_quality.py --data digits --checkpoints runs/digits_default/checkpoints/*.pt
@@ -31,6 +33,17 @@ from tase_loss import PseudoLabeler, TemperatureMap
 from tase_loss.experiments.data import load_digits_lt, load_npz
 from tase_loss.experiments.encoders import build_model
 from tase_loss.experiments.evaluation import extract_features, pseudo_label_diagnostics
+
+
+def _density_diagnostics(features: torch.Tensor, labels: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+    """An alternative to cluster sizes: mean cosine similarity to the 20 nearest neighbours."""
+    from scipy.stats import spearmanr
+
+    unit = torch.nn.functional.normalize(features.float(), dim=1)
+    similarity = unit @ unit.T
+    similarity.fill_diagonal_(-2.0)
+    density = similarity.topk(20, dim=1).values.mean(dim=1).numpy()
+    return {"frequency_spearman": float(spearmanr(density, counts[labels]).statistic)}
 
 
 def main() -> None:
@@ -56,6 +69,9 @@ def main() -> None:
         model = build_model(arguments.encoder, data.x_train.shape[1])
         model.load_state_dict(state["model"])
         features = torch.from_numpy(extract_features(model.backbone, data.x_train, torch.device("cpu")))
+        rows.append({"checkpoint": path, "epochs": state["epoch"], "k": "knn-density",
+                     **_density_diagnostics(features, labels, counts)})
+        print(f"{path} knn density: spearman {rows[-1]['frequency_spearman']:+.3f}")
         for multiplier in (int(m) for m in arguments.multipliers.split(",")):
             k = multiplier * data.num_classes
             labeler = PseudoLabeler(labels.size, features.shape[1], k, warmup_epochs=0, num_threads=1)
