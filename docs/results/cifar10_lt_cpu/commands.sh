@@ -12,16 +12,17 @@ for seed in 0 1 2; do
       --output runs/cifar10_lt_seed$seed &
 done
 wait
-python -m tase_loss.experiments --merge runs/cifar10_lt_seed{0,1,2}/results.json \
-    --output docs/results/cifar10_lt_cpu
 # The oracle upper bound (true class frequencies instead of k-means estimates):
 for seed in 0 1 2; do
   nice -n 5 python -m tase_loss.experiments --data $DATA/cifar10_lt_r100.npz \
       --probe $DATA/cifar10_probe_100shot.npz --encoder small-cnn --epochs 6 --warmup-epochs 2 \
       --losses tase-oracle --seeds $seed --threads 1 --checkpoint-every 1 \
-      --output runs/cifar10_lt_oracle_seed$seed &
+      --output runs/cifar10_lt_oracle_seed$seed &   # seed 0 ran as --output runs/cifar10_lt_oracle
 done
 wait
+python -m tase_loss.experiments --merge runs/cifar10_lt_seed{0,1,2}/results.json \
+    runs/cifar10_lt_oracle/results.json runs/cifar10_lt_oracle_seed{1,2}/results.json \
+    --output docs/results/cifar10_lt_cpu
 # Pseudo-label quality of the trained encoders:
 python studies/pseudo_label_quality.py --data $DATA/cifar10_lt_r100.npz --encoder small-cnn \
     --checkpoints runs/cifar10_lt_seed0/checkpoints/*.pt \
