@@ -110,6 +110,17 @@ def test_module_entry_point_error_without_traceback(tmp_path):
     ]
 
 
+def test_core_import_does_not_load_optional_dependencies():
+    code = (
+        "import sys, tase_loss; "
+        "print(sorted(m for m in ('sklearn', 'matplotlib', 'kornia', 'tase_loss.experiments') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": REPOSITORY})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_list_losses(capsys):
     assert cli.main(["--list-losses"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
@@ -144,6 +155,27 @@ def test_npz_probe_file(tmp_path):
     np.savez(probe, x=np.zeros((6, 8, 8, 3), np.uint8), y=np.array([0, 0, 1, 1, 2, 3]))
     with pytest.raises(DataError, match=r"probe y must lie in \[0, 3\)"):
         load_npz(path, probe)
+
+
+def test_image_folder_loader(tmp_path):
+    from PIL import Image
+
+    from tase_loss.experiments.data import load_image_folder
+
+    counts = {"cat": 3, "dog": 2, "eel": 1}
+    for split, per_class in (("train", counts), ("test", {"cat": 1, "dog": 1, "eel": 1})):
+        for class_name, count in per_class.items():
+            folder = tmp_path / split / class_name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                value = 10 * index + len(class_name)
+                Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(folder / f"{index}.png")
+    data = load_image_folder(str(tmp_path))
+    assert data.class_counts.tolist() == [3, 2, 1] and data.y_test.tolist() == [0, 1, 2]
+    assert data.x_train.shape == (6, 3, 4, 4)
+    assert data.x_train[1, 0, 0, 0] == pytest.approx(13 / 255)
+    with pytest.raises(DataError, match="image folder layout"):
+        load_image_folder(str(tmp_path / "train"))
 
 
 def test_long_tailed_profile_and_cifar_groups():

@@ -125,7 +125,8 @@ def train(
     history: list[dict[str, float]] = []
     start_epoch = 0
     if config.checkpoint_path and os.path.isfile(config.checkpoint_path):
-        state = torch.load(config.checkpoint_path, map_location=images.device, weights_only=False)
+        # RNG states must stay CPU tensors; load_state_dict copies the rest to its device.
+        state = torch.load(config.checkpoint_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         method.load_checkpoint_state(state["method"])
         optimizer.load_state_dict(state["optimizer"])
