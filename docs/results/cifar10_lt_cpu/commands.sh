@@ -27,3 +27,10 @@ python -m tase_loss.experiments --merge runs/cifar10_lt_seed{0,1,2}/results.json
 python studies/pseudo_label_quality.py --data $DATA/cifar10_lt_r100.npz --encoder small-cnn \
     --checkpoints runs/cifar10_lt_seed0/checkpoints/*.pt \
     --output docs/results/cifar10_lt_cpu/pseudo_label_quality_seed0.json
+# One longer TASE run (idle machine, 2 threads) and its pseudo-label quality:
+python -m tase_loss.experiments --data $DATA/cifar10_lt_r100.npz \
+    --probe $DATA/cifar10_probe_100shot.npz --encoder small-cnn --epochs 20 --warmup-epochs 2 \
+    --losses tase --seeds 0 --threads 2 --checkpoint-every 1 --output runs/cifar10_lt_tase20
+python studies/pseudo_label_quality.py --data $DATA/cifar10_lt_r100.npz --encoder small-cnn \
+    --checkpoints runs/cifar10_lt_tase20/checkpoints/tase_seed0.pt \
+    --output docs/results/cifar10_lt_cpu/pseudo_label_quality_tase20.json
