@@ -70,6 +70,7 @@ setup(
     package_data={"tase_loss": ["py.typed"]},
     install_requires=["torch>=2.1", "numpy>=1.24", "faiss-cpu>=1.7.4"],
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["tase-experiment=tase_loss.experiments.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",
