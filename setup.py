@@ -51,7 +51,7 @@ EXTRAS = {
         # CPU torch installed first, so this pulls no new torch.
         "pytorch-metric-learning>=2",
     ],
-    "examples": ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "kornia>=0.7", "pillow>=9"],
+    "examples": ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "pillow>=9"],
 }
 EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
 

@@ -180,6 +180,21 @@ class TASEContrastiveLoss(nn.Module):
     def pseudo_labeler(self) -> Optional[PseudoLabeler]:
         return self.guidance.pseudo_labeler
 
+    def per_sample(self, index: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """The ``(temperature, weight)`` an ``index=`` call uses, each ``(B,)`` or ``None``.
+
+        ``None`` means NT-Xent's value (the base temperature, unit weights), as during
+        the labeler's warm-up. Useful for logging and plots.
+
+        Example:
+            >>> import torch
+            >>> from tase_loss import PseudoLabeler
+            >>> labeler = PseudoLabeler(num_samples=20, feature_dim=4, num_clusters=2)
+            >>> TASEContrastiveLoss(pseudo_labeler=labeler).per_sample(torch.arange(3))
+            (None, None)
+        """
+        return self.guidance.lookup(index, index.device)
+
     @contextlib.contextmanager
     def queue_frozen(self) -> Iterator[None]:
         """Within the block, MoCo calls read the queue but do not enqueue their keys.

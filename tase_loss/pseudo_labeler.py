@@ -54,7 +54,8 @@ class PseudoLabeler:
         num_samples: ``N``, the size of the training set; indices lie in ``[0, N)``.
         feature_dim: ``D``, the feature size stored in the bank.
         num_clusters: ``k``, or a sequence of ``k`` values for an ensemble.
-        warmup_epochs: epochs before the first clustering (TASE is NT-Xent until then).
+        warmup_epochs: index of the first epoch at whose end the bank is clustered
+            (0-based), so epochs ``0 .. warmup_epochs`` train plain NT-Xent.
         recluster_every: epochs between clusterings after the warm-up.
         momentum: EMA factor of the log-frequency, in ``[0, 1)``; ``0`` keeps only the
             latest clustering.

@@ -9,7 +9,7 @@ for CIFAR-10-LT. Modules, one job each: :mod:`~tase_loss.experiments.data`,
 :mod:`~tase_loss.experiments.reporting`, :mod:`~tase_loss.experiments.runner`,
 :mod:`~tase_loss.experiments.cli`.
 
-The optional dependencies (scikit-learn, matplotlib, tqdm, kornia; ``pip install
+The optional dependencies (scikit-learn, matplotlib, tqdm; ``pip install
 "tase-loss[examples]"``) are imported inside these modules only, never by
 ``import tase_loss``.
 """
