@@ -130,3 +130,17 @@ def check_labels(name: str, labels: object, batch_size: int, device: torch.devic
     if labels.device != device:
         raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}")
     return labels
+
+
+def check_state_dict(
+    state: dict, tensor_shapes: dict[str, tuple[int, ...]], other_keys: tuple[str, ...] = ()
+) -> None:
+    """Require every key of a ``state_dict`` and the expected shape of each tensor in it."""
+    missing = sorted((set(tensor_shapes) | set(other_keys)) - set(state))
+    if missing:
+        raise ValueError(f"state_dict is missing {missing}")
+    for name, shape in tensor_shapes.items():
+        if tuple(state[name].shape) != shape:
+            raise ValueError(
+                f"state_dict[{name!r}] has shape {tuple(state[name].shape)}, expected {shape}"
+            )

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tase_loss._faiss import faiss_threads, import_faiss
-from tase_loss._validation import check_embeddings, check_index
+from tase_loss._validation import check_embeddings, check_index, check_state_dict
 from tase_loss.pseudo_labeler import PseudoLabeler
 from tase_loss.reweighting import SampleReweighter
 
@@ -291,14 +291,7 @@ class KNNDensityWeights:
             "log_density": (self.num_samples,),
             "has_estimate": (self.num_samples,),
         }
-        missing = sorted(set(expected) - set(state))
-        if missing:
-            raise ValueError(f"state_dict is missing {missing}")
-        for name, shape in expected.items():
-            if tuple(state[name].shape) != shape:
-                raise ValueError(
-                    f"state_dict[{name!r}] has shape {tuple(state[name].shape)}, expected {shape}"
-                )
+        check_state_dict(state, expected)
         self.bank = state["bank"].float().clone()
         self.seen = state["seen"].bool().clone()
         self.log_density = state["log_density"].double().clone()

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from tase_loss import distributed
 from tase_loss._faiss import faiss_threads, import_faiss
-from tase_loss._validation import check_embeddings, check_index
+from tase_loss._validation import check_embeddings, check_index, check_state_dict
 from tase_loss.reweighting import FrequencyReference
 
 __all__ = ["NotFittedError", "PseudoLabeler"]
@@ -320,14 +320,7 @@ class PseudoLabeler:
             "log_frequency": (self.num_samples,),
             "has_estimate": (self.num_samples,),
         }
-        missing = sorted((set(expected) | {"num_fits"}) - set(state))
-        if missing:
-            raise ValueError(f"state_dict is missing {missing}")
-        for name, shape in expected.items():
-            if tuple(state[name].shape) != shape:
-                raise ValueError(
-                    f"state_dict[{name!r}] has shape {tuple(state[name].shape)}, expected {shape}"
-                )
+        check_state_dict(state, expected, other_keys=("num_fits",))
         self.bank = state["bank"].to(self.bank.dtype).clone()
         self.seen = state["seen"].bool().clone()
         self.labels = state["labels"].long().clone()
