@@ -40,9 +40,11 @@ def _extension_options():
     }
 
 
+# Pillow: scikit-learn's load_sample_images() (the OOD patches of tase_loss.ood) needs it.
+EXAMPLES = ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "pillow>=9"]
 EXTRAS = {
-    # Pillow: scikit-learn's load_sample_images() (the OOD patches of tase_loss.ood) needs it.
-    "test": ["pytest>=7", "scikit-learn>=1.3", "numpy>=1.24", "pillow>=9"],
+    # The tests run the experiment runner and the recipes, so they need what they import.
+    "test": ["pytest>=7", *EXAMPLES],
     "bench": [
         "pytest>=7",
         "scikit-learn>=1.3",
@@ -51,7 +53,7 @@ EXTRAS = {
         # CPU torch installed first, so this pulls no new torch.
         "pytorch-metric-learning>=2",
     ],
-    "examples": ["scikit-learn>=1.3", "matplotlib>=3.7", "tqdm>=4.60", "pillow>=9"],
+    "examples": EXAMPLES,
 }
 EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
 
