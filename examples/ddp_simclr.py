@@ -109,6 +109,9 @@ def main() -> None:
                 f"{', re-clustered' if clustered else ''}; {world_size} processes",
                 flush=True,
             )
+    # Tear down together: a rank leaving while its peer still talks to it has aborted
+    # a gloo run here ("terminate called without an active exception"), once in 16.
+    dist.barrier()
     dist.destroy_process_group()
 
 

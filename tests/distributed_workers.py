@@ -305,5 +305,6 @@ def run_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
             "mismatch": _feature_size_mismatch_raises_everywhere(rank),
         }
         torch.save(results, Path(output_dir) / f"rank{rank}.pt")
+        dist.barrier()  # leave together (see examples/ddp_simclr.py)
     finally:
         dist.destroy_process_group()
