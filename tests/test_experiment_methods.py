@@ -138,3 +138,15 @@ def test_methods_needing_the_run_length_say_so():
     for loss in ("ts", "ood-guided"):
         with pytest.raises(ValueError, match="number of epochs"):
             build_method(loss, MethodContext(40, 0, torch.device("cpu")), model)
+
+
+def test_cli_ood_guided_on_data_without_source_ends_with_one_error_line(capsys, tmp_path):
+    path = str(tmp_path / "rgb.npz")
+    generator = np.random.default_rng(0)
+    np.savez(path, x=generator.integers(0, 256, (24, 8, 8, 3), dtype=np.uint8), y=np.arange(24) % 3,
+             x_test=generator.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8), y_test=np.arange(12) % 3)
+    code = cli.main(["--data", path, "--losses", "ood-guided", "--epochs", "2", "--seeds", "0",
+                     "--no-progress", "--output", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert lines[-1].startswith("tase-experiment: error: ood-guided needs an OOD source for (3, 8, 8) images")
