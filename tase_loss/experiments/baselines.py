@@ -225,6 +225,8 @@ class OODGuidedMethod(Method):
         # Kept out of the module tree: the loop owns the encoder's parameters and state.
         self.__dict__["_network"] = _Projections(model)
         self.__dict__["recipe"] = TwoStageOOD(ood, context.num_samples, model.projection_dim, context.augment, config)
+        # As in Method: FAISS's own OpenMP pool next to torch's oversubscribes a small CPU.
+        self.recipe.pseudo_labeler.num_threads = torch.get_num_threads()
 
     def training_step(self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         if model is not self._network.model:
