@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     tase.add_argument("--recluster-every", type=_positive_int, default=1)
     tase.add_argument("--label-momentum", type=float, default=0.5)
     tase.add_argument("--queue-size", type=_positive_int, default=4096, help="MoCo queue length")
+
+    baselines = parser.add_argument_group("baselines (see docs/plugins.md)")
+    baselines.add_argument("--sam-rho", type=float, default=0.5,
+                           help="rwsam: neighbourhood radius (adaptive SAM, as in the official runs)")
+    baselines.add_argument("--ts-period", type=float, default=None,
+                           help="ts, tase-ts: period of the cosine temperature schedule in epochs "
+                                "(default: --epochs, one cycle 1.0 -> 0.1 -> 1.0)")
     return parser
 
 
@@ -228,6 +235,8 @@ def _configure(arguments: argparse.Namespace, data):
         recluster_every=arguments.recluster_every,
         label_momentum=arguments.label_momentum,
         queue_size=arguments.queue_size,
+        sam_rho=arguments.sam_rho,
+        ts_period=arguments.ts_period,
     )
     training = TrainingConfig(
         epochs=epochs,

@@ -76,6 +76,11 @@ class MethodSettings:
         label_momentum: EMA factor of the log-frequency across clusterings.
         queue_size: MoCo queue length.
         ema_momentum: momentum of MoCo's key encoder and BYOL's target encoder.
+        sam_rho, sam_adaptive: rwSAM's neighbourhood radius and ASAM switch (the official
+            rwSAM runs: 0.5, adaptive).
+        ts_min_temperature, ts_max_temperature: ``t_lo``, ``t_hi`` of the TS schedule.
+        ts_period: the TS schedule's period ``T`` in epochs; ``None``: the run's number
+            of epochs (one cycle, ``t_hi -> t_lo -> t_hi``).
     """
 
     temperature: float = 0.2
@@ -91,11 +96,16 @@ class MethodSettings:
     label_momentum: float = 0.5
     queue_size: int = 4096
     ema_momentum: float = 0.99
+    sam_rho: float = 0.5
+    sam_adaptive: bool = True
+    ts_min_temperature: float = 0.1
+    ts_max_temperature: float = 1.0
+    ts_period: Optional[float] = None
 
 
 @dataclass
 class MethodContext:
-    """What a method factory may read: dataset size, seed, device, settings."""
+    """What a method factory may read: dataset size, seed, device, settings, the run."""
 
     num_samples: int
     seed: int
@@ -104,6 +114,12 @@ class MethodContext:
     settings: MethodSettings = field(default_factory=MethodSettings)
     train_labels: Optional[np.ndarray] = None
     """True training labels; only oracle methods (upper bounds) read them."""
+    epochs: Optional[int] = None
+    """The run's total epochs (schedules and stage splits read it)."""
+    image_shape: Optional[tuple[int, int, int]] = None
+    """``(C, H, W)`` of the training images (in ``[0, 1]``); sizes extra inputs (OOD data)."""
+    augment: Optional[nn.Module] = None
+    """The run's augmentation, one view per call (methods that augment extra data)."""
 
 
 class MixedPrecision:
@@ -426,3 +442,6 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+# The plug-in baselines (rwSAM, TS, OOD-guided) register themselves; imported last because
+# they build on the classes above.
+from tase_loss.experiments import baselines as _baselines  # noqa: E402,F401

@@ -89,13 +89,19 @@ def run_single(
     """Pre-train one encoder with ``loss`` and ``seed`` and evaluate it."""
     _seed_everything(seed)
     model = build_model(config.encoder, data.x_train.shape[1]).to(device)
-    method = build_method(
-        loss,
-        MethodContext(
-            data.x_train.shape[0], seed, device, amp=config.amp, settings=config.method, train_labels=data.y_train
-        ),
-        model,
+    augment = simclr_augmentation(data.x_train.shape[2], data.x_train.shape[1]).to(device)
+    context = MethodContext(
+        data.x_train.shape[0],
+        seed,
+        device,
+        amp=config.amp,
+        settings=config.method,
+        train_labels=data.y_train,
+        epochs=config.training.epochs,
+        image_shape=tuple(data.x_train.shape[1:]),
+        augment=augment,
     )
+    method = build_method(loss, context, model)
     checkpoint_folder = os.path.join(config.output_dir, "checkpoints")
     os.makedirs(checkpoint_folder, exist_ok=True)
     checkpoint_path = os.path.join(checkpoint_folder, f"{loss}_seed{seed}.pt")
@@ -103,7 +109,6 @@ def run_single(
         os.remove(checkpoint_path)
     training = dataclasses.replace(config.training, seed=seed, checkpoint_path=checkpoint_path)
     images = torch.from_numpy(data.x_train).to(device)
-    augment = simclr_augmentation(data.x_train.shape[2], data.x_train.shape[1]).to(device)
     history = train(model, method, images, augment, training, _label_quality(data), f"{loss} seed {seed}")
     completed = len(history) == training.epochs
 
