@@ -56,10 +56,12 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     order = np.argsort(-counts, kind="stable")
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     losses = list(results["summary"])
+    # One colour per loss across all three panels.
+    colors = {loss: f"C{position}" for position, loss in enumerate(losses)}
     for loss in losses:
         per_class = np.array([run["linear_per_class"] for run in results["runs"] if run["loss"] == loss])
         mean, spread = per_class.mean(axis=0), per_class.std(axis=0)
-        axes[0].errorbar(counts[order], 100 * mean[order], yerr=100 * spread[order], marker="o", capsize=3, label=loss)
+        axes[0].errorbar(counts[order], 100 * mean[order], yerr=100 * spread[order], marker="o", capsize=3, label=loss, color=colors[loss])
     axes[0].set_xscale("log")
     axes[0].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -75,7 +77,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
             if histogram is None:
                 continue
             edges, bins = np.asarray(histogram["histogram"]["edges"]), histogram["histogram"]["counts"]
-            axis.stairs(bins, edges, label=loss)
+            axis.stairs(bins, edges, label=loss, color=colors[loss])
             drawn = True
         axis.set_xlabel(label)
         axis.set_ylabel("training samples")
