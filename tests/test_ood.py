@@ -1,5 +1,7 @@
 """The OOD recipe's losses against loop oracles (float64), its sampler and its recipe."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -486,18 +488,22 @@ def test_two_stage_recipe_runs_end_to_end():
     assert all(parameter.grad is not None for parameter in model.parameters())
 
 
+def _run_epochs(id_data, model, method, optimizer, epochs, seed):
+    """Train the recipe over ``epochs`` (noise reseeded per epoch); the losses of every step."""
+    losses = []
+    for epoch in epochs:
+        torch.manual_seed(seed + epoch)
+        for index in torch.arange(48).split(16):
+            views = (_noise(id_data[index]), _noise(id_data[index]))
+            losses.append(method.training_step((index, *views), model, optimizer))
+        method.on_epoch_end(epoch)
+    return losses
+
+
 def test_recipe_hooks_switch_stage_freeze_the_guide_and_resume_exactly():
     id_data, ood_data = _toy_problem()
 
-    def run(model, method, optimizer, epochs):
-        losses = []
-        for epoch in epochs:
-            torch.manual_seed(100 + epoch)
-            for index in torch.arange(48).split(16):
-                views = (_noise(id_data[index]), _noise(id_data[index]))
-                losses.append(method.training_step((index, *views), model, optimizer))
-            method.on_epoch_end(epoch)
-        return losses
+    run = functools.partial(_run_epochs, id_data, seed=100)
 
     model = _encoder()
     method = TwoStageOOD(ood_data, 48, 8, _noise, SMALL)
@@ -527,15 +533,7 @@ def test_recipe_hooks_switch_stage_freeze_the_guide_and_resume_exactly():
 def test_recipe_resumes_exactly_inside_stage_one():
     id_data, ood_data = _toy_problem()
 
-    def run(model, method, optimizer, epochs):
-        losses = []
-        for epoch in epochs:
-            torch.manual_seed(200 + epoch)
-            for index in torch.arange(48).split(16):
-                views = (_noise(id_data[index]), _noise(id_data[index]))
-                losses.append(method.training_step((index, *views), model, optimizer))
-            method.on_epoch_end(epoch)
-        return losses
+    run = functools.partial(_run_epochs, id_data, seed=200)
 
     model = _encoder()
     method = TwoStageOOD(ood_data, 48, 8, _noise, SMALL)
