@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from tase_loss import functional
 from tase_loss._validation import (
     TemperatureLike,
-    check_index,
     check_embeddings,
+    check_index,
     check_reduction,
     check_temperature,
 )
