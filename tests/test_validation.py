@@ -156,3 +156,15 @@ def test_map_errors():
         TemperatureMap(mapping="linear")
     with pytest.raises(ValueError, match=r"frequency must lie in \(0, 1\]"):
         SampleReweighter()(torch.tensor([0.0, 0.5]))
+
+
+def test_huge_finite_embeddings_are_accepted_and_inf_per_sample_values_rejected():
+    out0, out1 = _pair()
+    out0[0, 0] = 3e38  # finite: the max-|x| check must not overflow into a false alarm
+    assert torch.isfinite(nt_xent_loss(out0, out1))
+    with pytest.raises(ValueError, match="temperature contains NaN or Inf"):
+        nt_xent_loss(*_pair(), temperature=torch.tensor([0.2, float("inf"), 0.2, 0.2]))
+    with pytest.raises(ValueError, match="weight contains NaN or Inf"):
+        nt_xent_loss(*_pair(), weight=torch.tensor([1.0, 1.0, float("nan"), 1.0]))
+    with pytest.raises(ValueError, match="out0 contains NaN or Inf"):
+        nt_xent_loss(torch.full((4, 3), float("-inf")), torch.randn(4, 3))
