@@ -108,14 +108,20 @@ def check_weight(weight: Tensor, batch_size: int, device: torch.device, reductio
         raise ValueError("weight sums to 0, so reduction='mean' is undefined")
 
 
+def _check_integer_vector(name: str, value: object, batch_size: int) -> Tensor:
+    """Require an int64/int32 ``(batch_size,)`` tensor."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64 or int32 tensor, got dtype {value.dtype}")
+    if value.shape != (batch_size,):
+        raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(value.shape)}")
+    return value
+
+
 def check_index(index: object, batch_size: int, num_samples: int) -> Tensor:
     """Require an integer ``(batch_size,)`` tensor of dataset indices in ``[0, num_samples)``."""
-    if not isinstance(index, Tensor):
-        raise TypeError(f"index must be a torch.Tensor, got {type(index).__name__}")
-    if index.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"index must be an int64 or int32 tensor, got dtype {index.dtype}")
-    if index.shape != (batch_size,):
-        raise ValueError(f"index must have shape ({batch_size},), got {tuple(index.shape)}")
+    index = _check_integer_vector("index", index, batch_size)
     if batch_size and not bool(((index >= 0) & (index < num_samples)).all()):
         raise ValueError(
             f"index must lie in [0, {num_samples}), got values in "
@@ -126,12 +132,7 @@ def check_index(index: object, batch_size: int, num_samples: int) -> Tensor:
 
 def check_labels(name: str, labels: object, batch_size: int, device: torch.device) -> Tensor:
     """Require an integer ``(batch_size,)`` tensor on ``device``."""
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must be an int64 or int32 tensor, got dtype {labels.dtype}")
-    if labels.shape != (batch_size,):
-        raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(labels.shape)}")
+    labels = _check_integer_vector(name, labels, batch_size)
     if labels.device != device:
         raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}")
     return labels

@@ -150,6 +150,18 @@ def _per_row(value: Optional[TemperatureLike], batch_size: int, like: Tensor) ->
     return torch.full((batch_size,), float(value), dtype=dtype, device=like.device)
 
 
+def _two_view_rows(
+    temperature: TemperatureLike, weight: Optional[Tensor], batch_size: int, like: Tensor
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Per-sample ``(B,)`` temperature and weight as ``(2B,)`` rows of both views.
+
+    Returns ``(inverse_temperature, row_weight)``; ``row_weight`` is ``None`` for unit weights.
+    """
+    inverse_temperature = 1.0 / _per_row(temperature, batch_size, like).repeat(2)
+    row_weight = _per_row(weight, batch_size, like)
+    return inverse_temperature, None if row_weight is None else row_weight.repeat(2)
+
+
 def _check_common(
     temperature: TemperatureLike,
     weight: Optional[Tensor],
@@ -233,9 +245,7 @@ def nt_xent_loss(
     # This rank's anchors sit at rows offset .. offset + 2B - 1 of the candidates.
     rows = torch.arange(2 * batch_size, device=out0.device)
     positive_index = rows.roll(batch_size) + offset
-    inverse_temperature = 1.0 / _per_row(temperature, batch_size, out0).repeat(2)
-    row_weight = _per_row(weight, batch_size, out0)
-    row_weight = None if row_weight is None else row_weight.repeat(2)
+    inverse_temperature, row_weight = _two_view_rows(temperature, weight, batch_size, out0)
     weighted_loss = contrastive_rows(
         embeddings,
         candidates,

@@ -37,7 +37,7 @@ from tase_loss._validation import TemperatureLike, check_embeddings, check_same_
 from tase_loss.functional import (
     _accumulation_dtype,
     _check_common,
-    _per_row,
+    _two_view_rows,
     _unit_rows,
     contrastive_targets,
     weighted_reduce,
@@ -205,9 +205,7 @@ def guided_contrastive_loss(
         float(repulsion_power),
     )
     rows = torch.arange(2 * batch_size, device=out0.device)
-    inverse_temperature = 1.0 / _per_row(temperature, batch_size, out0).repeat(2)
-    row_weight = _per_row(weight, batch_size, out0)
-    row_weight = None if row_weight is None else row_weight.repeat(2)
+    inverse_temperature, row_weight = _two_view_rows(temperature, weight, batch_size, out0)
     weighted_loss = contrastive_targets(
         student,
         student,
@@ -261,9 +259,7 @@ def similarity_distillation_loss(
     rows = torch.arange(2 * batch_size, device=out0.device)
     guide_logits = (guide @ guide.T / guide_temperature).fill_diagonal_(float("-inf"))
     guide_distribution = torch.softmax(guide_logits, dim=1)
-    inverse_temperature = 1.0 / _per_row(temperature, batch_size, out0).repeat(2)
-    row_weight = _per_row(weight, batch_size, out0)
-    row_weight = None if row_weight is None else row_weight.repeat(2)
+    inverse_temperature, row_weight = _two_view_rows(temperature, weight, batch_size, out0)
     unit_weight = torch.ones_like(inverse_temperature) if row_weight is None else row_weight
     cross_entropy = contrastive_targets(
         student, student, guide_distribution, rows, inverse_temperature, unit_weight

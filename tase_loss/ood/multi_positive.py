@@ -31,7 +31,7 @@ from tase_loss._validation import (
 )
 from tase_loss.functional import (
     _check_common,
-    _per_row,
+    _two_view_rows,
     _unit_rows,
     contrastive_targets,
     weighted_reduce,
@@ -125,9 +125,7 @@ def pseudo_semantic_loss(
     embeddings = _unit_rows(torch.cat([out0, out1]))
     rows = torch.arange(2 * batch_size, device=out0.device)
     view_labels = labels.long().repeat(2)
-    inverse_temperature = 1.0 / _per_row(temperature, batch_size, out0).repeat(2)
-    row_weight = _per_row(weight, batch_size, out0)
-    row_weight = None if row_weight is None else row_weight.repeat(2)
+    inverse_temperature, row_weight = _two_view_rows(temperature, weight, batch_size, out0)
     target = (1.0 - instance_mass) * label_targets(
         view_labels, view_labels, rows, inverse_temperature.dtype
     )
