@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tase_loss import PseudoLabeler, TASECosineLoss
+from tase_loss import IndexedDataset, PseudoLabeler, TASECosineLoss
 from tase_loss.experiments.augmentations import simclr_augmentation
 from tase_loss.experiments.data import load_digits_lt
 from tase_loss.experiments.encoders import conv_net
@@ -38,15 +38,14 @@ def main(variant: str = "byol", epochs: int = 20, warmup_epochs: int = 5, max_st
     torch.manual_seed(seed)
     data = load_digits_lt(ratio=10.0)
     images = torch.from_numpy(data.x_train)
-    loader = DataLoader(TensorDataset(images, torch.arange(len(images))), batch_size=128,
-                        shuffle=True, drop_last=True)  # TASE: indices
+    dataset = IndexedDataset(TensorDataset(images))  # TASE: items are (image, index)
+    loader = DataLoader(dataset, batch_size=128, shuffle=True, drop_last=True)
     backbone = conv_net(in_channels=1, widths=(32, 64))
     online = nn.Sequential(backbone, mlp(64, 32))
     predictor = mlp(32, 32)
     target = copy.deepcopy(online).requires_grad_(False) if variant == "byol" else online
     augment = simclr_augmentation(image_size=8, channels=1)
-    labeler = PseudoLabeler(num_samples=len(images), feature_dim=64, num_clusters=10,
-                            warmup_epochs=warmup_epochs)  # TASE
+    labeler = PseudoLabeler(num_samples=len(dataset), feature_dim=64, warmup_epochs=warmup_epochs)  # TASE
     criterion = TASECosineLoss(variant, pseudo_labeler=labeler)  # TASE: weighted mean
     optimizer = torch.optim.AdamW([*online.parameters(), *predictor.parameters()], lr=1e-3)
 
@@ -62,16 +61,16 @@ def main(variant: str = "byol", epochs: int = 20, warmup_epochs: int = 5, max_st
                 if variant == "byol":
                     momentum_update(online, target)
                 target0, target1 = target(view0).detach(), target(view1).detach()
-            loss = 0.5 * (criterion(prediction0, target1, index=index)
-                          + criterion(prediction1, target0, index=index))
+            # TASE: both halves of the symmetric loss take index=; the bank stores the features
+            loss = 0.5 * (criterion(prediction0, target1, index=index, features=features)
+                          + criterion(prediction1, target0, index=index, features=features))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            labeler.update(index, features.detach())  # TASE
             step += 1
             if max_steps and step >= max_steps:
                 return loss.item()
-        labeler.maybe_recluster(epoch)  # TASE
+        labeler.end_epoch(epoch)  # TASE
         print(f"epoch {epoch}: loss {loss.item():.3f}")
     return loss.item()
 

@@ -7,7 +7,7 @@ Run on CPUs (gloo) or GPUs (NCCL, one process per GPU)::
 The data are a synthetic long-tailed mixture of Gaussian blobs (no download); the
 "augmentations" add noise. What matters is the wiring: a ``DistributedSampler``, a
 dataset that returns indices, a loss and a pseudo-labeler both built with
-``gather_distributed=True``, and ``maybe_recluster`` called on every rank.
+``gather_distributed=True``, and ``end_epoch`` called on every rank.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ class NoisyBlobs(Dataset):
 class Encoder(nn.Module):
     """Backbone + projection head; returns both (features feed the pseudo-labeler)."""
 
-    def __init__(self, input_dim: int, feature_dim: int, embedding_dim: int) -> None:
+    def __init__(self, input_dim: int, feature_dim: int, projection_dim: int) -> None:
         super().__init__()
         self.backbone = nn.Sequential(
             nn.Linear(input_dim, 64), nn.ReLU(), nn.Linear(64, feature_dim)
         )
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, embedding_dim))
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, projection_dim))
 
     def forward(self, views: Tensor) -> tuple[Tensor, Tensor]:
         features = self.backbone(views)
@@ -88,13 +88,12 @@ def train(args: argparse.Namespace, use_cuda: bool) -> None:
     dataset = NoisyBlobs(args.num_samples, dim=16, num_classes=10, imbalance=50.0)
     sampler = DistributedSampler(dataset, shuffle=True, seed=0)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler)
-    model = DistributedDataParallel(Encoder(16, feature_dim=32, embedding_dim=16).to(device))
+    model = DistributedDataParallel(Encoder(16, feature_dim=32, projection_dim=16).to(device))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     labeler = PseudoLabeler(
         num_samples=len(dataset),
         feature_dim=32,
-        num_clusters=10,
         warmup_epochs=1,
         bank_dtype=torch.float16,
         gather_distributed=True,
@@ -109,16 +108,16 @@ def train(args: argparse.Namespace, use_cuda: bool) -> None:
             # One forward through DDP per backward: both views in one batch.
             features, embeddings = model(torch.cat([view0, view1]).to(device))
             out0, out1 = embeddings.chunk(2)
-            loss = criterion(out0, out1, index=index.to(device))
+            # The bank stores every rank's backbone features (gathered inside).
+            loss = criterion(out0, out1, index=index.to(device), features=features[: view0.shape[0]])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            labeler.update(index.to(device), features[: view0.shape[0]])
-        clustered = labeler.maybe_recluster(epoch)  # every rank: it is collective
+        estimated = labeler.end_epoch(epoch)  # every rank: it is collective
         if rank == 0:
             print(
                 f"epoch {epoch}: loss {loss.item():.4f} (the global batch's, same on every rank)"
-                f"{', re-clustered' if clustered else ''}; {world_size} processes",
+                f"{', frequencies re-estimated' if estimated else ''}; {world_size} processes",
                 flush=True,
             )
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tase_loss import PseudoLabeler, TASEContrastiveLoss
+from tase_loss import IndexedDataset, PseudoLabeler, TASEContrastiveLoss
 from tase_loss.experiments.augmentations import simclr_augmentation
 from tase_loss.experiments.data import load_digits_lt
 from tase_loss.experiments.encoders import conv_net
@@ -33,17 +33,16 @@ def main(epochs: int = 20, warmup_epochs: int = 5, max_steps: int = 0, seed: int
     torch.manual_seed(seed)
     data = load_digits_lt(ratio=10.0)
     images = torch.from_numpy(data.x_train)
-    loader = DataLoader(TensorDataset(images, torch.arange(len(images))), batch_size=128,
-                        shuffle=True, drop_last=True)  # TASE: indices
+    dataset = IndexedDataset(TensorDataset(images))  # TASE: items are (image, index)
+    loader = DataLoader(dataset, batch_size=128, shuffle=True, drop_last=True)
     backbone = conv_net(in_channels=1, widths=(32, 64))
     head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
     query_encoder = nn.Sequential(backbone, head)
     key_encoder = copy.deepcopy(query_encoder).requires_grad_(False)
     augment = simclr_augmentation(image_size=8, channels=1)
-    labeler = PseudoLabeler(num_samples=len(images), feature_dim=64, num_clusters=10,
-                            warmup_epochs=warmup_epochs)  # TASE
-    criterion = TASEContrastiveLoss(temperature=0.2, queue_size=1024, embedding_dim=32,
-                                    pseudo_labeler=labeler)
+    labeler = PseudoLabeler(num_samples=len(dataset), feature_dim=64, warmup_epochs=warmup_epochs)  # TASE
+    criterion = TASEContrastiveLoss(temperature=0.2, queue_size=1024, feature_dim=32,
+                                    pseudo_labeler=labeler)  # TASE
     optimizer = torch.optim.AdamW(query_encoder.parameters(), lr=1e-3)
 
     step, loss = 0, torch.tensor(float("nan"))
@@ -55,15 +54,15 @@ def main(epochs: int = 20, warmup_epochs: int = 5, max_steps: int = 0, seed: int
                 keys = key_encoder(view1)
             features = backbone(view0)
             queries = head(features)
-            loss = criterion(queries, keys, index=index)  # reads the queue, enqueues keys
+            # reads the queue, enqueues the keys; TASE: the bank stores the backbone features
+            loss = criterion(queries, keys, index=index, features=features)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            labeler.update(index, features.detach())  # TASE
             step += 1
             if max_steps and step >= max_steps:
                 return loss.item()
-        labeler.maybe_recluster(epoch)  # TASE
+        labeler.end_epoch(epoch)  # TASE
         print(f"epoch {epoch}: loss {loss.item():.3f}, queue {int(criterion.queue_length)}")
     return loss.item()
 

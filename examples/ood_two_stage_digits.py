@@ -79,7 +79,7 @@ def train_baseline(method: str, x: Tensor, epochs: int, batch_size: int, seed: i
     torch.manual_seed(seed)
     model = Network()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    labeler = PseudoLabeler(len(x), 64, num_clusters=10, warmup_epochs=epochs // 5, seed=seed)
+    labeler = PseudoLabeler(len(x), 64, warmup_epochs=max(1, epochs // 5), seed=seed)
     criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=labeler)
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
@@ -88,13 +88,12 @@ def train_baseline(method: str, x: Tensor, epochs: int, batch_size: int, seed: i
             if method == "nt-xent":
                 loss = nt_xent_loss(out0, out1, 0.2)
             else:
-                labeler.update(index, out0.detach())
-                loss = criterion(out0, out1, index=index)
+                loss = criterion(out0, out1, index=index)  # also stores out0 in the bank
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         if method == "tase":
-            labeler.maybe_recluster(epoch)
+            labeler.end_epoch(epoch)
     return model
 
 
@@ -106,7 +105,7 @@ def train_ood_guided(
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     stage1_epochs = epochs if stage1_only else epochs // 2
     config = TwoStageConfig(stage1_epochs=stage1_epochs, stage2_epochs=epochs - stage1_epochs,
-                            warmup_epochs=epochs // 10, num_clusters=20,
+                            warmup_epochs=max(1, epochs // 10), num_clusters=20,
                             ood_batch_size=batch_size // 2, seed=seed)
     method = TwoStageOOD(ood, len(x), 64, augment, config)
     generator = torch.Generator().manual_seed(seed)

@@ -1,10 +1,23 @@
-"""The one place that imports ``faiss`` (lazily) and scopes its thread count."""
+"""The one place that imports ``faiss`` (lazily): k-means, nearest neighbours, threads.
+
+Every estimator and the OOD sampler go through these three functions, so the FAISS
+options (spherical k-means, training subsample, exact or inverted-file search) are
+chosen in one place.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any, Optional
+
+import numpy as np
+
+# Above this many points the neighbour search is approximate (an inverted file scanning
+# NPROBE of its lists): exact search costs N^2 D and would take minutes at 10^6 points.
+EXACT_SEARCH_LIMIT = 20_000
+NPROBE = 16
 
 
 def import_faiss(purpose: str) -> Any:
@@ -20,12 +33,107 @@ def import_faiss(purpose: str) -> Any:
 
 
 @contextlib.contextmanager
-def faiss_threads(faiss: Any, num_threads: Optional[int]) -> Iterator[None]:
-    """Run the block with ``num_threads`` OpenMP threads in FAISS, then restore them."""
+def faiss_threads(num_threads: Optional[int]) -> Iterator[Any]:
+    """Run the block with ``num_threads`` OpenMP threads in FAISS (``None``: as set), then restore.
+
+    Yields the ``faiss`` module.
+    """
+    faiss = import_faiss("clustering and neighbour search")
     threads_before = faiss.omp_get_max_threads()
     if num_threads is not None:
         faiss.omp_set_num_threads(num_threads)
     try:
-        yield
+        yield faiss
     finally:
         faiss.omp_set_num_threads(threads_before)
+
+
+def spherical_kmeans(
+    points: np.ndarray,
+    num_clusters: int,
+    *,
+    seed: int,
+    num_iterations: int = 20,
+    max_training_points: int = 100_000,
+    num_threads: Optional[int] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS spherical k-means on unit rows; every point assigned to its nearest centroid.
+
+    Centroids are trained on at most ``max_training_points`` points (FAISS subsamples
+    with ``seed``); smaller clusters than FAISS's default minimum are accepted, since
+    tail clusters are the point.
+
+    Args:
+        points: ``(N, D)`` float32, C-contiguous, unit rows.
+        num_clusters: ``k <= N``.
+        seed: initialization and subsampling seed.
+        num_iterations: Lloyd iterations.
+        max_training_points: training subsample size.
+        num_threads: OpenMP threads (``None``: FAISS's setting).
+
+    Returns:
+        ``(assignment, centroids)``: ``(N,)`` int64 labels and ``(k, D)`` float32 centroids.
+    """
+    with faiss_threads(num_threads) as faiss:
+        kmeans = faiss.Kmeans(
+            points.shape[1],
+            num_clusters,
+            niter=num_iterations,
+            seed=seed,
+            spherical=True,
+            verbose=False,
+            max_points_per_centroid=max(1, math.ceil(max_training_points / num_clusters)),
+            min_points_per_centroid=1,
+        )
+        kmeans.train(points)
+        _, assignment = kmeans.index.search(points, 1)
+    return assignment[:, 0].astype(np.int64), np.asarray(kmeans.centroids)
+
+
+def nearest_neighbors(
+    points: np.ndarray, num_neighbors: int, *, seed: int = 0, num_threads: Optional[int] = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``num_neighbors`` most similar other rows (inner product).
+
+    Exact (``IndexFlatIP``) up to :data:`EXACT_SEARCH_LIMIT` points, an inverted file
+    (``IndexIVFFlat``, ``4 sqrt(N)`` lists, :data:`NPROBE` probed) above it.
+
+    Args:
+        points: ``(N, D)`` float32, C-contiguous.
+        num_neighbors: ``k < N``.
+        seed: seed of the inverted file's coarse k-means.
+        num_threads: OpenMP threads.
+
+    Returns:
+        ``(similarity, index)``, both ``(N, k)``, most similar first; a row never lists
+        itself (duplicates of it may appear).
+    """
+    count, dim = points.shape
+    with faiss_threads(num_threads) as faiss:
+        if count <= EXACT_SEARCH_LIMIT:
+            index = faiss.IndexFlatIP(dim)
+        else:
+            lists = int(4 * math.sqrt(count))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = seed
+            index.cp.max_points_per_centroid = 64
+            index.train(points)
+            index.nprobe = NPROBE
+        index.add(points)
+        similarity, found = index.search(points, num_neighbors + 1)
+    return _drop_self(similarity, found, num_neighbors)
+
+
+def _drop_self(similarity: np.ndarray, found: np.ndarray, num_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own index (wherever ties put it) and keep ``num_neighbors``.
+
+    An inverted-file search may return ``-1`` (fewer than ``k + 1`` found); those slots
+    sort last and are kept only if nothing else is left.
+    """
+    rows = np.arange(found.shape[0])[:, None]
+    is_self = found == rows
+    missing = found < 0
+    order = np.argsort((is_self | missing).astype(np.int8), axis=1, kind="stable")
+    found = np.take_along_axis(found, order, axis=1)[:, :num_neighbors]
+    similarity = np.take_along_axis(similarity, order, axis=1)[:, :num_neighbors]
+    return similarity, found

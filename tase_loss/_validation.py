@@ -1,8 +1,23 @@
-"""Checks run once at the public boundary; each message names the argument and the value."""
+"""Checks run once at the public boundary; each message names the argument and the value.
+
+Two kinds live here:
+
+- **Hyper-parameters** (plain Python values given to constructors): :func:`check_int`,
+  :func:`check_real`, :func:`check_choice`, :func:`check_bool`. Every public
+  constructor uses these, so a bad value is phrased the same way everywhere.
+- **Tensors** handed to a call. Their metadata (type, dtype, shape, device) is always
+  checked on the host. Their *values* (finite, in range) are checked with a host read
+  only for CPU tensors outside ``torch.compile``; on an accelerator or while compiling
+  the check becomes an asynchronous device assert (``torch._assert_async``), so the
+  training step never waits for the device. Meta tensors carry no values: only their
+  metadata is checked.
+"""
 
 from __future__ import annotations
 
-from typing import Union
+import math
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -11,26 +26,167 @@ TemperatureLike = Union[float, Tensor]
 
 REDUCTIONS = ("mean", "sum", "none")
 
+# Bounds that keep every loss finite in float32: 1 / t and the weighted row sums stay far
+# from overflow for any batch a GPU holds (see docs/METHOD.md, "Numerical range").
+MIN_TEMPERATURE = 1e-4
+MAX_TEMPERATURE = 1e4
+MAX_WEIGHT = 1e12
 
-def check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+# --- hyper-parameters -----------------------------------------------------------------
 
 
-def check_embeddings(name: str, tensor: object) -> Tensor:
-    """Require a finite, floating ``(B, D)`` tensor."""
+def check_int(name: str, value: object, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+    """Require a Python ``int`` (not a ``bool``) within ``[minimum, maximum]``.
+
+    A value of another type raises ``TypeError``, an integer out of range ``ValueError``.
+
+    Example:
+        >>> check_int("num_samples", 5, minimum=1)
+        5
+        >>> check_int("num_samples", 0, minimum=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_samples must be an integer >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer{_range_text(minimum, maximum)}, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer{_range_text(minimum, maximum)}, got {value!r}")
+    return value
+
+
+def check_real(
+    name: str,
+    value: object,
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    *,
+    exclusive_minimum: bool = False,
+    exclusive_maximum: bool = False,
+) -> float:
+    """Require a finite real number (``int`` or ``float``, not ``bool``) within the bounds.
+
+    A value of another type raises ``TypeError``, NaN, Inf or out of range ``ValueError``.
+
+    Example:
+        >>> check_real("momentum", 0.5, 0.0, 1.0, exclusive_maximum=True)
+        0.5
+        >>> check_real("temperature", float("nan"), 0.0, exclusive_minimum=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: temperature must be a finite number > 0, got nan
+    """
+    text = _range_text(minimum, maximum, exclusive_minimum, exclusive_maximum)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a finite number{text}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number{text}, got {value!r}")
+    below = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
+    above = maximum is not None and (value >= maximum if exclusive_maximum else value > maximum)
+    if below or above:
+        raise ValueError(f"{name} must be a finite number{text}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: object, choices: Sequence[Any]) -> Any:
+    """Require ``value`` to be one of ``choices``.
+
+    Example:
+        >>> check_choice("reduction", "sum", REDUCTIONS)
+        'sum'
+    """
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Require a Python ``bool``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def check_reduction(reduction: object) -> str:
+    return check_choice("reduction", reduction, REDUCTIONS)
+
+
+def _range_text(
+    minimum: Optional[float],
+    maximum: Optional[float],
+    exclusive_minimum: bool = False,
+    exclusive_maximum: bool = False,
+) -> str:
+    low = None if minimum is None else f"{'>' if exclusive_minimum else '>='} {minimum:g}"
+    high = None if maximum is None else f"{'<' if exclusive_maximum else '<='} {maximum:g}"
+    parts = [part for part in (low, high) if part]
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+# --- tensor values --------------------------------------------------------------------
+
+
+def reads_values_on_host(tensor: Tensor) -> bool:
+    """Whether value checks may read ``tensor`` on the host: a CPU tensor, eager mode."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def require(condition: Tensor, like: Tensor, message: Callable[[], str], summary: str) -> None:
+    """Raise ``ValueError(message())`` when the 0-dim bool ``condition`` is false.
+
+    On the host path (see :func:`reads_values_on_host`) the condition is read and the
+    detailed message is worked out only on failure; otherwise ``torch._assert_async``
+    with ``summary`` checks it on the device without a synchronization. Meta tensors
+    skip the check.
+    """
+    if like.device.type == "meta":
+        return
+    if reads_values_on_host(like):
+        if not bool(condition):
+            raise ValueError(message())
+        return
+    torch._assert_async(condition, summary)
+
+
+def _check_floating(name: str, tensor: object) -> Tensor:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got dtype {tensor.dtype}")
+    return tensor
+
+
+def check_embeddings(name: str, tensor: object, minimum_rows: int = 1, nonzero_rows: bool = True) -> Tensor:
+    """Require a floating ``(B, D)`` tensor, ``B >= minimum_rows``, with finite (non-zero) rows.
+
+    A zero row has no direction to normalize to (``nonzero_rows=False`` allows it, for
+    values that are not normalized); a row of finite but huge entries is fine
+    (:func:`tase_loss._numerics.unit_rows` normalizes it safely).
+    """
+    tensor = _check_floating(name, tensor)
     if tensor.dim() != 2:
         raise ValueError(f"{name} must have shape (B, D), got {tuple(tensor.shape)}")
     if tensor.shape[1] == 0:
         raise ValueError(f"{name} must have at least one feature, got shape {tuple(tensor.shape)}")
-    # max |x| is NaN or Inf exactly when some entry is: one reduction, 6x cheaper than
-    # isfinite(x).all() at (256, 128) on one CPU thread (measured 11 vs 66 us).
-    if tensor.numel() and not bool(torch.isfinite(tensor.abs().amax())):
-        raise ValueError(f"{name} contains NaN or Inf values")
+    if tensor.shape[0] < minimum_rows:
+        raise ValueError(
+            f"{name} must hold at least {minimum_rows} row(s), got shape {tuple(tensor.shape)}"
+        )
+    if tensor.shape[0] == 0:
+        return tensor
+    # One (B,) reduction answers both questions: max |x| per row is NaN/Inf exactly when
+    # the row is, and 0 exactly when the row is zero.
+    low, high = torch.aminmax(tensor.detach().abs().amax(dim=1))
+    ok = torch.isfinite(high) & (low > 0) if nonzero_rows else torch.isfinite(high)
+
+    def message() -> str:
+        if not bool(torch.isfinite(high)):
+            return f"{name} contains NaN or Inf values"
+        row = int((tensor.detach().abs().amax(dim=1) == 0).nonzero()[0, 0])
+        return f"{name} has an all-zero row (row {row}), which has no direction to normalize"
+
+    require(ok, tensor, message, f"{name} must be finite with no all-zero row")
     return tensor
 
 
@@ -56,77 +212,98 @@ def check_same_shape(name: str, tensor: Tensor, like_name: str, like: Tensor) ->
 
 def check_per_sample(
     name: str,
-    value: Tensor,
+    value: object,
     batch_size: int,
     device: torch.device,
-    lower_bound: float = float("-inf"),
-    strict: bool = False,
-) -> None:
-    """Require a finite floating ``(batch_size,)`` tensor on ``device`` above a bound.
-
-    The values are checked with one host synchronization; the message is worked out
-    only when the check fails.
-    """
+    low: float,
+    high: float,
+    exclusive_low: bool = False,
+) -> Tensor:
+    """Require a floating ``(batch_size,)`` tensor on ``device`` with values in the range."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a float or a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got dtype {value.dtype}")
+    value = _check_floating(name, value)
     if value.shape != (batch_size,):
         raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(value.shape)}")
     if value.device != device:
         raise ValueError(f"{name} is on {value.device} but the embeddings are on {device}")
     if value.numel() == 0:
-        return
-    low, high = torch.aminmax(value)  # NaN propagates into both
-    above = low > lower_bound if strict else low >= lower_bound
-    if bool(above & torch.isfinite(low) & torch.isfinite(high)):
-        return
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
-    relation = ">" if strict else ">="
-    raise ValueError(f"{name} must be {relation} {lower_bound:g}, got minimum {value.min().item():.6g}")
+        return value
+    smallest, largest = torch.aminmax(value.detach())  # NaN propagates into both
+    above = smallest > low if exclusive_low else smallest >= low
+    relation = ">" if exclusive_low else ">="
+    bounds = f"{relation} {low:g} and <= {high:g}"
 
+    def message() -> str:
+        if not bool(torch.isfinite(value.detach()).all()):
+            return f"{name} contains NaN or Inf values"
+        return f"{name} must be {bounds}, got values in [{float(smallest):.6g}, {float(largest):.6g}]"
 
-def check_temperature(temperature: TemperatureLike, batch_size: int, device: torch.device) -> None:
-    """Require a positive float or a positive ``(batch_size,)`` tensor."""
-    if isinstance(temperature, Tensor):
-        check_per_sample("temperature", temperature, batch_size, device, 0.0, strict=True)
-        return
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(
-            f"temperature must be a float or a torch.Tensor, got {type(temperature).__name__}"
-        )
-    if not temperature > 0 or temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite value > 0, got {temperature}")
-
-
-def check_weight(weight: Tensor, batch_size: int, device: torch.device, reduction: str) -> None:
-    """Require non-negative weights whose sum can divide a weighted mean."""
-    check_per_sample("weight", weight, batch_size, device, 0.0)
-    # Non-negative weights sum to 0 only if their maximum is 0.
-    if reduction == "mean" and not bool(weight.max() > 0):
-        raise ValueError("weight sums to 0, so reduction='mean' is undefined")
-
-
-def _check_integer_vector(name: str, value: object, batch_size: int) -> Tensor:
-    """Require an int64/int32 ``(batch_size,)`` tensor."""
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must be an int64 or int32 tensor, got dtype {value.dtype}")
-    if value.shape != (batch_size,):
-        raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(value.shape)}")
+    require(above & (largest <= high), value, message, f"{name} must be finite, {bounds}")
     return value
 
 
-def check_index(index: object, batch_size: int, num_samples: int) -> Tensor:
-    """Require an integer ``(batch_size,)`` tensor of dataset indices in ``[0, num_samples)``."""
-    index = _check_integer_vector("index", index, batch_size)
-    if batch_size and not bool(((index >= 0) & (index < num_samples)).all()):
-        raise ValueError(
-            f"index must lie in [0, {num_samples}), got values in "
-            f"[{int(index.min())}, {int(index.max())}]"
+def check_temperature(temperature: object, batch_size: int, device: torch.device) -> None:
+    """Require a float or a ``(batch_size,)`` tensor in ``[MIN_TEMPERATURE, MAX_TEMPERATURE]``."""
+    if isinstance(temperature, Tensor):
+        check_per_sample("temperature", temperature, batch_size, device, MIN_TEMPERATURE, MAX_TEMPERATURE)
+        return
+    check_base_temperature(temperature)
+
+
+def check_base_temperature(temperature: object, name: str = "temperature") -> float:
+    """Require a plain number in ``[MIN_TEMPERATURE, MAX_TEMPERATURE]`` (a constructor's)."""
+    if isinstance(temperature, Tensor):
+        raise TypeError(f"{name} must be a float here, got a tensor; pass per-sample tensors to the call")
+    return check_real(name, temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
+
+
+def check_weight(weight: object, batch_size: int, device: torch.device, reduction: str) -> None:
+    """Require weights in ``[0, MAX_WEIGHT]`` whose sum can divide a weighted mean."""
+    weight = check_per_sample("weight", weight, batch_size, device, 0.0, MAX_WEIGHT)
+    if reduction == "mean" and batch_size:
+        # Non-negative weights sum to 0 only if their maximum is 0.
+        require(
+            weight.detach().amax() > 0,
+            weight,
+            lambda: "weight sums to 0, so reduction='mean' is undefined",
+            "weight sums to 0, so reduction='mean' is undefined",
         )
+
+
+def _check_integer_vector(name: str, value: object, batch_size: Optional[int]) -> Tensor:
+    """Require an int64/int32 ``(batch_size,)`` tensor (any length when ``None``)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of int64 or int32, got {type(value).__name__}")
+    if value.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64 or int32 tensor, got dtype {value.dtype}")
+    if value.dim() != 1 or (batch_size is not None and value.shape[0] != batch_size):
+        expected = "B" if batch_size is None else str(batch_size)
+        raise ValueError(f"{name} must have shape ({expected},), got {tuple(value.shape)}")
+    return value
+
+
+def check_index(index: object, batch_size: Optional[int], num_samples: int) -> Tensor:
+    """Require an integer ``(batch_size,)`` tensor of dataset indices in ``[0, num_samples)``.
+
+    Example:
+        >>> check_index(torch.tensor([0, 3]), 2, num_samples=4)
+        tensor([0, 3])
+        >>> check_index(torch.tensor([0, 4]), 2, num_samples=4)
+        Traceback (most recent call last):
+        ...
+        ValueError: index must lie in [0, 4), got values in [0, 4]
+    """
+    index = _check_integer_vector("index", index, batch_size)
+    if index.numel() == 0:
+        return index
+    smallest, largest = torch.aminmax(index)
+    require(
+        (smallest >= 0) & (largest < num_samples),
+        index,
+        lambda: f"index must lie in [0, {num_samples}), got values in [{int(smallest)}, {int(largest)}]",
+        f"index must lie in [0, {num_samples})",
+    )
     return index
 
 
@@ -138,15 +315,39 @@ def check_labels(name: str, labels: object, batch_size: int, device: torch.devic
     return labels
 
 
-def check_state_dict(
-    state: dict, tensor_shapes: dict[str, tuple[int, ...]], other_keys: tuple[str, ...] = ()
-) -> None:
-    """Require every key of a ``state_dict`` and the expected shape of each tensor in it."""
-    missing = sorted((set(tensor_shapes) | set(other_keys)) - set(state))
+# --- state dicts ----------------------------------------------------------------------
+
+StateSpec = dict[str, tuple[tuple[int, ...], Sequence[torch.dtype]]]
+
+
+def check_state_dict(state: object, tensors: StateSpec, scalars: Sequence[str] = ()) -> None:
+    """Require a ``state_dict`` with every key, each tensor of its shape and dtype family.
+
+    Nothing is assigned here: callers validate the whole dict first, then assign, so a
+    failing ``load_state_dict`` leaves the object as it was. Floating tensors must be
+    finite.
+
+    Args:
+        state: the candidate ``state_dict``.
+        tensors: key -> (shape, accepted dtypes).
+        scalars: keys that must be present and hold a Python ``int``.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+    missing = sorted((set(tensors) | set(scalars)) - set(state))
     if missing:
         raise ValueError(f"state_dict is missing {missing}")
-    for name, shape in tensor_shapes.items():
-        if tuple(state[name].shape) != shape:
-            raise ValueError(
-                f"state_dict[{name!r}] has shape {tuple(state[name].shape)}, expected {shape}"
-            )
+    for key, (shape, dtypes) in tensors.items():
+        value = state[key]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"state_dict[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        if value.dtype not in dtypes:
+            raise TypeError(f"state_dict[{key!r}] has dtype {value.dtype}, expected one of {list(dtypes)}")
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"state_dict[{key!r}] has shape {tuple(value.shape)}, expected {tuple(shape)}")
+        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"state_dict[{key!r}] contains NaN or Inf values")
+    for key in scalars:
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TypeError(f"state_dict[{key!r}] must be an integer >= 0, got {value!r}")

@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tase_loss import distributed
+from tase_loss._numerics import accumulation_dtype, unit_rows
 from tase_loss._validation import (
     TemperatureLike,
     check_embeddings,
@@ -37,6 +37,7 @@ __all__ = [
     "moco_loss",
     "moco_loss_and_all_keys",
     "nt_xent_loss",
+    "nt_xent_target_loss",
     "simsiam_loss",
     "weighted_reduce",
 ]
@@ -130,36 +131,14 @@ def weighted_reduce(
     return total / denominator.to(total.dtype)
 
 
-def _accumulation_dtype(tensor: Tensor) -> torch.dtype:
-    """float64 stays float64; every other floating dtype accumulates in float32."""
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
-def _unit_rows(embeddings: Tensor) -> Tensor:
-    """L2-normalize rows in the accumulation dtype, then return to the input dtype."""
-    return F.normalize(embeddings.to(_accumulation_dtype(embeddings)), dim=1).to(embeddings.dtype)
-
-
 def _per_row(value: Optional[TemperatureLike], batch_size: int, like: Tensor) -> Optional[Tensor]:
     """A float or ``(B,)`` tensor as a ``(B,)`` tensor in the accumulation dtype."""
     if value is None:
         return None
-    dtype = _accumulation_dtype(like)
+    dtype = accumulation_dtype(like.dtype)
     if isinstance(value, Tensor):
         return value.to(dtype)
     return torch.full((batch_size,), float(value), dtype=dtype, device=like.device)
-
-
-def _two_view_rows(
-    temperature: TemperatureLike, weight: Optional[Tensor], batch_size: int, like: Tensor
-) -> tuple[Tensor, Optional[Tensor]]:
-    """Per-sample ``(B,)`` temperature and weight as ``(2B,)`` rows of both views.
-
-    Returns ``(inverse_temperature, row_weight)``; ``row_weight`` is ``None`` for unit weights.
-    """
-    inverse_temperature = 1.0 / _per_row(temperature, batch_size, like).repeat(2)
-    row_weight = _per_row(weight, batch_size, like)
-    return inverse_temperature, None if row_weight is None else row_weight.repeat(2)
 
 
 def _check_common(
@@ -176,6 +155,37 @@ def _check_common(
         # all-reduce); one rank's weights may all be zero.
         local_reduction = "none" if gather_distributed else reduction
         check_weight(weight, like.shape[0], like.device, local_reduction)
+
+
+def _two_views(
+    out0: Tensor,
+    out1: Tensor,
+    temperature: TemperatureLike,
+    weight: Optional[Tensor],
+    reduction: str,
+    gather_distributed: bool = False,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Validate a two-view batch; return its unit rows and per-row temperature and weight.
+
+    Returns:
+        ``(embeddings, inverse_temperature, row_weight)``: ``(2B, D)`` unit rows, first
+        view first; ``(2B,)`` ``1 / t``; ``(2B,)`` weights or ``None`` for unit weights.
+        Sample ``b``'s temperature and weight apply to both of its views.
+    """
+    check_embeddings("out0", out0)
+    check_embeddings("out1", out1)
+    check_same_shape("out1", out1, "out0", out0)
+    batch_size = out0.shape[0]
+    if batch_size < (1 if gather_distributed else 2):
+        raise ValueError(
+            f"out0 holds {batch_size} sample(s); a contrast needs at least 2 (no negatives)"
+            + (", and every rank at least 1" if gather_distributed else "")
+        )
+    _check_common(temperature, weight, reduction, out0, gather_distributed)
+    embeddings = unit_rows(torch.cat([out0, out1]))
+    inverse_temperature = 1.0 / _per_row(temperature, batch_size, out0).repeat(2)
+    row_weight = _per_row(weight, batch_size, out0)
+    return embeddings, inverse_temperature, None if row_weight is None else row_weight.repeat(2)
 
 
 def nt_xent_loss(
@@ -222,18 +232,10 @@ def nt_xent_loss(
         >>> torch.allclose(loss, nt_xent_loss(out0, out1, temperature=0.2))
         True
     """
-    check_embeddings("out0", out0)
-    check_embeddings("out1", out1)
-    check_same_shape("out1", out1, "out0", out0)
+    embeddings, inverse_temperature, row_weight = _two_views(
+        out0, out1, temperature, weight, reduction, gather_distributed
+    )
     batch_size = out0.shape[0]
-    if batch_size < (1 if gather_distributed else 2):
-        raise ValueError(
-            f"out0 holds {batch_size} sample(s); a contrast needs at least 2 (no negatives)"
-            + (", and every rank at least 1" if gather_distributed else "")
-        )
-    _check_common(temperature, weight, reduction, out0, gather_distributed)
-
-    embeddings = _unit_rows(torch.cat([out0, out1]))
     candidates, offset = (
         distributed.all_gather_rows(embeddings) if gather_distributed else (embeddings, 0)
     )
@@ -245,7 +247,6 @@ def nt_xent_loss(
     # This rank's anchors sit at rows offset .. offset + 2B - 1 of the candidates.
     rows = torch.arange(2 * batch_size, device=out0.device)
     positive_index = rows.roll(batch_size) + offset
-    inverse_temperature, row_weight = _two_view_rows(temperature, weight, batch_size, out0)
     weighted_loss = contrastive_rows(
         embeddings,
         candidates,
@@ -255,6 +256,69 @@ def nt_xent_loss(
         torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
     )
     return weighted_reduce(weighted_loss, row_weight, reduction, across_ranks=gather_distributed)
+
+
+def nt_xent_target_loss(
+    out0: Tensor,
+    out1: Tensor,
+    target: Tensor,
+    temperature: TemperatureLike = 0.2,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    *,
+    pair_weight: Optional[Tensor] = None,
+) -> Tensor:
+    """NT-Xent against a target distribution over the ``2B`` views (several positives).
+
+    The two-view scaffold of :func:`nt_xent_loss` (both views are anchors, each
+    excludes itself, sample ``b``'s temperature and weight apply to both its views)
+    with row ``a``'s positive replaced by ``target[a]``, and optional per-pair
+    repulsion strengths in the denominator (see
+    :func:`tase_loss.reference.contrastive_targets_reference`). A target that is
+    one-hot on each row's other view is :func:`nt_xent_loss`; labels give SupCon.
+
+    Args:
+        out0: ``(B, D)`` embeddings of the first view; normalized inside.
+        out1: ``(B, D)`` embeddings of the second view.
+        target: ``(2B, 2B)`` non-negative attraction strengths, rows and columns ordered
+            ``[out0; out1]``; the diagonal is ignored (each anchor excludes itself).
+            Constant: no gradient flows into it.
+        temperature: a float or a ``(B,)`` tensor of per-sample temperatures.
+        weight: ``(B,)`` per-sample weights ``>= 0``, or ``None``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``(2B,)``, ``w_a l_a``).
+        pair_weight: ``(2B, 2B)`` non-negative repulsion strengths, or ``None`` for ones.
+
+    Returns:
+        The loss: a scalar, or ``(2B,)`` for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> out0, out1 = torch.randn(4, 8), torch.randn(4, 8)
+        >>> other_view = torch.eye(8).roll(4, dims=1)
+        >>> torch.allclose(nt_xent_target_loss(out0, out1, other_view), nt_xent_loss(out0, out1))
+        True
+    """
+    embeddings, inverse_temperature, row_weight = _two_views(out0, out1, temperature, weight, reduction)
+    views = embeddings.shape[0]
+    for name, matrix in (("target", target), ("pair_weight", pair_weight)):
+        if matrix is None:
+            continue
+        if not isinstance(matrix, Tensor) or tuple(matrix.shape) != (views, views):
+            shape = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
+            raise ValueError(f"{name} must be a ({views}, {views}) tensor, got {shape}")
+        if matrix.device != out0.device:
+            raise ValueError(f"{name} is on {matrix.device} but out0 is on {out0.device}")
+    rows = torch.arange(views, device=out0.device)
+    weighted_loss = contrastive_targets(
+        embeddings,
+        embeddings,
+        target.index_put((rows, rows), target.new_zeros(())),
+        rows,
+        inverse_temperature,
+        torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
+        pair_weight,
+    )
+    return weighted_reduce(weighted_loss, row_weight, reduction)
 
 
 def moco_loss(
@@ -334,7 +398,7 @@ def moco_loss_and_all_keys(
     check_embeddings("keys", keys)
     check_same_shape("keys", keys, "queries", queries)
     if queue is not None:
-        check_embeddings("queue", queue)
+        check_embeddings("queue", queue, minimum_rows=0)
         check_same_layout("queue", queue, "queries", queries)
     batch_size = queries.shape[0]
     _check_common(temperature, weight, reduction, queries, gather_distributed)
@@ -353,8 +417,8 @@ def moco_loss_and_all_keys(
     inverse_temperature = 1.0 / _per_row(temperature, batch_size, queries)
     row_weight = _per_row(weight, batch_size, queries)
     weighted_loss = contrastive_rows(
-        _unit_rows(queries),
-        _unit_rows(candidates),
+        unit_rows(queries),
+        unit_rows(candidates),
         rows + offset,
         torch.full_like(rows, -1),
         inverse_temperature,
@@ -369,8 +433,8 @@ def _cosine_per_sample(prediction: Tensor, target: Tensor) -> Tensor:
     check_embeddings("target", target)
     check_same_shape("target", target, "prediction", prediction)
     # Stop-gradient on the target, as BYOL and SimSiam prescribe.
-    dtype = _accumulation_dtype(prediction)
-    return F.cosine_similarity(prediction.to(dtype), target.detach().to(dtype), dim=1)
+    dtype = accumulation_dtype(prediction.dtype)
+    return (unit_rows(prediction, dtype) * unit_rows(target.detach(), dtype)).sum(dim=1)
 
 
 def _reduce_regression(

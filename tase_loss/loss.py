@@ -3,35 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tase_loss import functional
+from tase_loss._numerics import unit_rows
 from tase_loss._validation import (
     TemperatureLike,
+    check_base_temperature,
+    check_choice,
     check_embeddings,
-    check_index,
+    check_int,
     check_reduction,
-    check_temperature,
 )
+from tase_loss.guidance import Guidance
 from tase_loss.pseudo_labeler import PseudoLabeler
 from tase_loss.reweighting import SampleReweighter, TemperatureMap
 
 __all__ = ["TASEContrastiveLoss", "TASECosineLoss"]
 
+_LABELER_PREFIX = "pseudo_labeler."
 
-class _PseudoLabelGuidance:
-    """Looks up per-sample temperatures and weights of a batch from a pseudo-labeler.
 
-    Both only change when the labeler re-clusters (or is loaded) or a map's settings
-    change, so they are computed for all ``N`` samples at once and cached as ``(N,)``
-    tables; a batch's lookup is then a gather. The cache is keyed by the labeler's
-    :class:`~tase_loss.FrequencyReference` object (a new one comes with every fit and
-    every load) and the maps' ``repr`` (which lists all their settings).
+class _GuidedLoss(nn.Module):
+    """What both loss modules share: the guidance, feeding the labeler, its state.
+
+    With a labeler attached, a call with ``index=`` in training mode stores the batch's
+    features in the labeler's bank (``features=``, or the loss's first input), so that a
+    training loop needs no extra line for it. The labeler's state is part of the
+    module's ``state_dict()`` (keys ``pseudo_labeler.*``), so a checkpoint of model and
+    criterion resumes the estimates exactly.
     """
 
     def __init__(
@@ -40,48 +45,87 @@ class _PseudoLabelGuidance:
         temperature_map: Optional[TemperatureMap],
         reweighter: Optional[SampleReweighter],
     ) -> None:
-        self.pseudo_labeler = pseudo_labeler
-        self.temperature_map = temperature_map
-        self.reweighter = reweighter
-        self._tables: Optional[tuple[object, str, Optional[Tensor], Optional[Tensor]]] = None
+        super().__init__()
+        self.guidance: Optional[Guidance] = None
+        if pseudo_labeler is not None:
+            self.guidance = Guidance(pseudo_labeler, temperature_map, reweighter)
+        elif temperature_map is not None or reweighter is not None:
+            raise ValueError("temperature_map and reweighter need a pseudo_labeler")
 
-    def lookup(
-        self, index: Tensor, device: torch.device
-    ) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        """``(temperature, weight)`` for the batch, ``None`` where NT-Xent's apply.
+    @property
+    def pseudo_labeler(self) -> Optional[PseudoLabeler]:
+        return None if self.guidance is None else self.guidance.pseudo_labeler
 
-        Before the labeler's first clustering (the warm-up) both are ``None``.
+    def per_sample(self, index: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """The ``(temperature, weight)`` an ``index=`` call uses, each ``(B,)`` or ``None``.
+
+        ``None`` means NT-Xent's value (the base temperature, unit weights), as during
+        the labeler's warm-up. Useful for logging and plots.
         """
-        if self.pseudo_labeler is None:
+        return self._require_guidance().lookup(index)
+
+    def _require_guidance(self) -> Guidance:
+        if self.guidance is None:
             raise ValueError("index= needs a pseudo_labeler attached to the loss")
-        if not self.pseudo_labeler.is_fitted:
-            return None, None
-        if not isinstance(index, Tensor) or index.dim() != 1:
-            raise ValueError("index must be a (B,) torch.Tensor")
-        cpu_index = check_index(index.cpu(), index.shape[0], self.pseudo_labeler.num_samples)
-        temperature_table, weight_table = self._current_tables()
-        return tuple(  # type: ignore[return-value]
-            None if table is None else table[cpu_index].to(device, non_blocking=True)
-            for table in (temperature_table, weight_table)
+        return self.guidance
+
+    def _feeds_labeler(self, index: Optional[Tensor]) -> bool:
+        return index is not None and self.training
+
+    def _feed(self, index: Tensor, features: Tensor, per_sample_loss: Optional[Tensor]) -> None:
+        labeler = self.pseudo_labeler
+        assert labeler is not None
+        labeler.update(index, features.detach(), per_sample_loss)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.pseudo_labeler is None:
+            return
+        for key, value in self.pseudo_labeler.state_dict().items():
+            destination[prefix + _LABELER_PREFIX + key] = value if isinstance(value, Tensor) else torch.tensor(value)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        labeler_prefix = prefix + _LABELER_PREFIX
+        labeler_keys = [key for key in state_dict if key.startswith(labeler_prefix)]
+        labeler_state = {key[len(labeler_prefix) :]: state_dict[key] for key in labeler_keys}
+        # Keep the labeler's keys away from the generic buffer matching.
+        rest = {key: value for key, value in state_dict.items() if key not in labeler_keys}
+        super()._load_from_state_dict(
+            rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        labeler = self.pseudo_labeler
+        if labeler is None:
+            unexpected_keys.extend(labeler_keys)
+            return
+        if not labeler_state:
+            if strict:
+                missing_keys.append(labeler_prefix + "*")
+            return
+        if "num_estimates" in labeler_state and isinstance(labeler_state["num_estimates"], Tensor):
+            labeler_state["num_estimates"] = int(labeler_state["num_estimates"])
+        try:
+            labeler.load_state_dict(labeler_state)
+        except (TypeError, ValueError) as error:
+            error_msgs.append(f"{labeler_prefix}: {error}")
 
-    def _current_tables(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        assert self.pseudo_labeler is not None
-        reference = self.pseudo_labeler.frequency_reference()
-        settings = f"{self.temperature_map!r} {self.reweighter!r}"
-        if self._tables is None or self._tables[0] is not reference or self._tables[1] != settings:
-            every_sample = torch.arange(self.pseudo_labeler.num_samples)
-            log_frequency = self.pseudo_labeler.log_frequency_of(every_sample)
-            temperature = weight = None
-            if self.temperature_map is not None:
-                temperature = self.temperature_map.from_log_frequency(log_frequency, reference)
-            if self.reweighter is not None:
-                weight = self.reweighter.from_log_frequency(log_frequency, reference)
-            self._tables = (reference, settings, temperature, weight)
-        return self._tables[2], self._tables[3]
+
+def _per_sample_of_rows(rows: Tensor, weight: Optional[Tensor], views: int) -> Tensor:
+    """``(B,)`` unweighted per-sample losses from ``(views * B,)`` rows ``w_a l_a``."""
+    batch_size = rows.shape[0] // views
+    unweighted = rows if weight is None else rows / weight.to(rows.dtype).repeat(views)
+    return unweighted.detach().reshape(views, batch_size).mean(dim=0)
 
 
-class TASEContrastiveLoss(nn.Module):
+class TASEContrastiveLoss(_GuidedLoss):
     """NT-Xent / InfoNCE with per-anchor temperatures and per-sample weights (TASE).
 
     Called as ``loss(out0, out1)`` it is NT-Xent (SimCLR): both views are anchors and
@@ -89,7 +133,8 @@ class TASEContrastiveLoss(nn.Module):
     either directly (``temperature=``, ``weight=``) or, with ``index=``, from the
     attached :class:`~tase_loss.PseudoLabeler` through a
     :class:`~tase_loss.TemperatureMap` and a :class:`~tase_loss.SampleReweighter`
-    (both default to the spec's settings when a labeler is attached). During the
+    (both default to the spec's settings when a labeler is given). An ``index=`` call
+    in training mode also stores the batch's features in the labeler's bank. During the
     labeler's warm-up the loss is NT-Xent at ``temperature``.
 
     With ``queue_size > 0`` it is MoCo's InfoNCE: ``out0`` are the queries (anchors),
@@ -107,8 +152,12 @@ class TASEContrastiveLoss(nn.Module):
     temperatures and weights stay local. In MoCo mode all ranks' keys are enqueued in
     rank order, so the queues stay identical. See ``docs/distributed.md``.
 
+    The default temperature is 0.2 (SimCLR's CIFAR setting). Peers differ: lightly's
+    ``NTXentLoss`` defaults to 0.5 and pytorch-metric-learning's ``NTXentLoss`` to 0.07,
+    so pass your baseline's value to keep it identical.
+
     Args:
-        temperature: base temperature ``t`` (NT-Xent's), ``> 0``.
+        temperature: base temperature ``t`` (NT-Xent's), in ``[1e-4, 1e4]``.
         reduction: ``"mean"`` (weighted mean), ``"sum"`` or ``"none"``.
         pseudo_labeler: source of frequency estimates for ``index=`` calls.
         temperature_map: frequency -> temperature; defaults to
@@ -116,7 +165,8 @@ class TASEContrastiveLoss(nn.Module):
         reweighter: frequency -> weight; defaults to ``SampleReweighter()`` when a
             labeler is given.
         queue_size: MoCo queue length ``S``; ``0`` selects SimCLR mode.
-        embedding_dim: ``D``, needed to allocate the queue when ``queue_size > 0``.
+        feature_dim: ``D`` of the embeddings, needed to allocate the queue when
+            ``queue_size > 0``.
         gather_distributed: compute the loss over all ranks of the default process
             group (the identity without one).
 
@@ -132,7 +182,7 @@ class TASEContrastiveLoss(nn.Module):
         >>> loss = criterion(out0, out1)
         >>> weighted = criterion(out0, out1, temperature=torch.full((8,), 0.1),
         ...                      weight=torch.rand(8))
-        >>> moco = TASEContrastiveLoss(queue_size=32, embedding_dim=16)
+        >>> moco = TASEContrastiveLoss(queue_size=32, feature_dim=16)
         >>> moco(out0, out1).shape, int(moco.queue_length)
         (torch.Size([]), 8)
     """
@@ -150,50 +200,42 @@ class TASEContrastiveLoss(nn.Module):
         temperature_map: Optional[TemperatureMap] = None,
         reweighter: Optional[SampleReweighter] = None,
         queue_size: int = 0,
-        embedding_dim: Optional[int] = None,
+        feature_dim: Optional[int] = None,
         gather_distributed: bool = False,
     ) -> None:
-        super().__init__()
-        check_temperature(temperature, 0, torch.device("cpu"))
+        temperature = check_base_temperature(temperature)
         check_reduction(reduction)
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 0:
-            raise ValueError(f"queue_size must be an integer >= 0, got {queue_size!r}")
-        if queue_size > 0 and (not isinstance(embedding_dim, int) or embedding_dim < 1):
-            raise ValueError(
-                f"embedding_dim must be a positive integer when queue_size > 0, got {embedding_dim!r}"
-            )
+        check_int("queue_size", queue_size, minimum=0)
+        if queue_size > 0:
+            check_int("feature_dim", feature_dim, minimum=1)
         if pseudo_labeler is not None:
             temperature_map = temperature_map or TemperatureMap(base_temperature=temperature)
             reweighter = reweighter or SampleReweighter()
-        self.temperature = float(temperature)
+        super().__init__(pseudo_labeler, temperature_map, reweighter)
+        self.temperature = temperature
         self.reduction = reduction
         self.queue_size = queue_size
         self.gather_distributed = bool(gather_distributed)
-        self.guidance = _PseudoLabelGuidance(pseudo_labeler, temperature_map, reweighter)
         self._queue_frozen = False
         if queue_size > 0:
-            self.register_buffer("queue", torch.zeros(queue_size, embedding_dim))
+            self.register_buffer("queue", torch.zeros(queue_size, feature_dim))
             self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.int64))
             self.register_buffer("queue_length", torch.zeros((), dtype=torch.int64))
 
-    @property
-    def pseudo_labeler(self) -> Optional[PseudoLabeler]:
-        return self.guidance.pseudo_labeler
+    def set_temperature(self, temperature: float) -> None:
+        """Set the base temperature: NT-Xent's and, with a labeler, the map's ``t_base``.
 
-    def per_sample(self, index: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        """The ``(temperature, weight)`` an ``index=`` call uses, each ``(B,)`` or ``None``.
+        The public way for a temperature schedule to act on the loss.
 
-        ``None`` means NT-Xent's value (the base temperature, unit weights), as during
-        the labeler's warm-up. Useful for logging and plots.
-
-        Example:
-            >>> import torch
-            >>> from tase_loss import PseudoLabeler
-            >>> labeler = PseudoLabeler(num_samples=20, feature_dim=4, num_clusters=2)
-            >>> TASEContrastiveLoss(pseudo_labeler=labeler).per_sample(torch.arange(3))
-            (None, None)
+        Raises:
+            ValueError: if ``temperature`` is out of range or leaves the map's clip range.
         """
-        return self.guidance.lookup(index, index.device)
+        temperature = check_base_temperature(temperature)
+        if self.guidance is not None and self.guidance.temperature_map is not None:
+            self.guidance.temperature_map = dataclasses.replace(
+                self.guidance.temperature_map, base_temperature=temperature
+            )
+        self.temperature = temperature
 
     @contextlib.contextmanager
     def queue_frozen(self) -> Iterator[None]:
@@ -205,7 +247,7 @@ class TASEContrastiveLoss(nn.Module):
 
         Example:
             >>> import torch
-            >>> criterion = TASEContrastiveLoss(queue_size=16, embedding_dim=4)
+            >>> criterion = TASEContrastiveLoss(queue_size=16, feature_dim=4)
             >>> queries, keys = torch.randn(4, 4), torch.randn(4, 4)
             >>> with criterion.queue_frozen():
             ...     loss = criterion(queries, keys)
@@ -227,6 +269,7 @@ class TASEContrastiveLoss(nn.Module):
         temperature: Optional[TemperatureLike] = None,
         weight: Optional[Tensor] = None,
         index: Optional[Tensor] = None,
+        features: Optional[Tensor] = None,
     ) -> Tensor:
         """Compute the loss of a batch.
 
@@ -238,6 +281,10 @@ class TASEContrastiveLoss(nn.Module):
             weight: ``(B,)`` per-sample weights.
             index: ``(B,)`` dataset indices; temperatures and weights are looked up
                 from the pseudo-labeler. Exclusive with ``temperature`` and ``weight``.
+            features: ``(B, F)`` what the labeler's bank stores for this batch on an
+                ``index=`` call in training mode (backbone features estimate
+                frequencies better than projections; see ``docs/results.md``);
+                default ``out0``.
 
         Returns:
             The loss (see the class's Shape section).
@@ -245,46 +292,60 @@ class TASEContrastiveLoss(nn.Module):
         if index is not None:
             if temperature is not None or weight is not None:
                 raise ValueError("pass either index= or temperature=/weight=, not both")
-            temperature, weight = self.guidance.lookup(index, out0.device)
+            temperature, weight = self._require_guidance().lookup(index, out0.device, out0.shape[0])
+        elif features is not None:
+            raise ValueError("features= is stored for index= calls; pass index= too")
         if temperature is None:
             temperature = self.temperature
+        feed = self._feeds_labeler(index)
+        labeler = self.pseudo_labeler
+        wants_rows = feed and labeler is not None and labeler.uses_loss
+        reduction = "none" if wants_rows else self.reduction
         if self.queue_size == 0:
-            return functional.nt_xent_loss(
-                out0,
-                out1,
-                temperature,
-                weight,
-                self.reduction,
-                gather_distributed=self.gather_distributed,
+            loss = functional.nt_xent_loss(
+                out0, out1, temperature, weight, reduction, gather_distributed=self.gather_distributed
             )
-        return self._moco_forward(out0, out1, temperature, weight)
+        else:
+            loss = self._moco_forward(out0, out1, temperature, weight, reduction)
+        per_sample_loss = None
+        if wants_rows:
+            per_sample_loss = _per_sample_of_rows(loss, weight, 2 if self.queue_size == 0 else 1)
+            row_weight = None if weight is None else weight.repeat(2 if self.queue_size == 0 else 1)
+            loss = functional.weighted_reduce(loss, row_weight, self.reduction, self.gather_distributed)
+        if feed:
+            assert index is not None
+            self._feed(index, out0 if features is None else features, per_sample_loss)
+        return loss
 
     def _moco_forward(
-        self, queries: Tensor, keys: Tensor, temperature: TemperatureLike, weight: Optional[Tensor]
+        self, queries: Tensor, keys: Tensor, temperature: TemperatureLike, weight: Optional[Tensor], reduction: str
     ) -> Tensor:
         check_embeddings("out1", keys)
         if keys.shape[1] != self.queue.shape[1]:
-            raise ValueError(
-                f"out1 has feature size {keys.shape[1]} but the queue holds {self.queue.shape[1]}"
-            )
-        queue = self.queue[: int(self.queue_length)].to(dtype=keys.dtype, device=keys.device)
+            raise ValueError(f"out1 has feature size {keys.shape[1]} but the queue holds {self.queue.shape[1]}")
+        if self.queue.device != keys.device:
+            raise ValueError(f"the queue is on {self.queue.device} but out1 is on {keys.device}: move the loss module")
+        # Reading the queue's length is free here: it is a buffer on the keys' device,
+        # sliced by a view whose size the next enqueue knows on the host.
+        queue = self.queue[: self._host_queue_length].to(dtype=keys.dtype)
         loss, all_keys = functional.moco_loss_and_all_keys(
-            queries,
-            keys,
-            queue,
-            temperature,
-            weight,
-            self.reduction,
-            gather_distributed=self.gather_distributed,
+            queries, keys, queue, temperature, weight, reduction, gather_distributed=self.gather_distributed
         )
         # Every rank enqueues all ranks' keys in rank order: the queues stay identical.
         if all_keys.shape[0] > self.queue_size:
-            raise ValueError(
-                f"a batch of {all_keys.shape[0]} keys does not fit in a queue of {self.queue_size}"
-            )
+            raise ValueError(f"a batch of {all_keys.shape[0]} keys does not fit in a queue of {self.queue_size}")
         if not self._queue_frozen:
             self._enqueue(all_keys)
         return loss
+
+    @property
+    def _host_queue_length(self) -> int:
+        """The queue's fill level as a Python int, tracked on the host (no device read)."""
+        length = getattr(self, "_queue_length_cache", None)
+        if length is None:
+            length = int(self.queue_length)
+            self._queue_length_cache = length
+        return length
 
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:
@@ -292,10 +353,16 @@ class TASEContrastiveLoss(nn.Module):
         batch_size = keys.shape[0]
         slots = (self.queue_pointer + torch.arange(batch_size, device=self.queue.device)) % self.queue_size
         # Normalize in at least float32 and never below the queue's own precision.
-        unit_keys = F.normalize(keys.detach().to(torch.promote_types(self.queue.dtype, torch.float32)), dim=1)
-        self.queue[slots] = unit_keys.to(self.queue)
+        self.queue[slots] = unit_rows(keys.detach().to(torch.promote_types(self.queue.dtype, torch.float32))).to(
+            self.queue
+        )
         self.queue_pointer.copy_((self.queue_pointer + batch_size) % self.queue_size)
         self.queue_length.copy_(torch.clamp(self.queue_length + batch_size, max=self.queue_size))
+        self._queue_length_cache = min(self._host_queue_length + batch_size, self.queue_size)
+
+    def _load_from_state_dict(self, *arguments: Any, **keywords: Any) -> None:
+        super()._load_from_state_dict(*arguments, **keywords)
+        self._queue_length_cache = None  # re-read from the loaded buffer on the next call
 
     def extra_repr(self) -> str:
         return (
@@ -304,12 +371,14 @@ class TASEContrastiveLoss(nn.Module):
         )
 
 
-class TASECosineLoss(nn.Module):
+class TASECosineLoss(_GuidedLoss):
     """BYOL / SimSiam per-sample cosine loss with TASE's per-sample weights.
 
     BYOL and SimSiam have no softmax and no temperature; quantity awareness enters as
     the weighted mean ``sum_b w_b l_b / sum_b w_b`` of their per-sample loss, with
-    weights from the same :class:`~tase_loss.SampleReweighter`.
+    weights from the same :class:`~tase_loss.SampleReweighter`. For the symmetric loss
+    of both views, call it twice (``(p0, z1)`` and ``(p1, z0)``) and average; with a
+    labeler, pass ``index=`` to both calls (each stores its features; the later wins).
 
     Args:
         variant: ``"byol"`` (``2 - 2 cos``) or ``"simsiam"`` (``-cos``).
@@ -338,16 +407,14 @@ class TASECosineLoss(nn.Module):
         reweighter: Optional[SampleReweighter] = None,
         gather_distributed: bool = False,
     ) -> None:
-        super().__init__()
-        if variant not in self.VARIANTS:
-            raise ValueError(f"variant must be one of {self.VARIANTS}, got {variant!r}")
+        check_choice("variant", variant, self.VARIANTS)
         check_reduction(reduction)
         if pseudo_labeler is not None:
             reweighter = reweighter or SampleReweighter()
+        super().__init__(pseudo_labeler, None, reweighter)
         self.variant = variant
         self.reduction = reduction
         self.gather_distributed = bool(gather_distributed)
-        self.guidance = _PseudoLabelGuidance(pseudo_labeler, None, reweighter)
 
     def forward(
         self,
@@ -356,22 +423,38 @@ class TASECosineLoss(nn.Module):
         *,
         weight: Optional[Tensor] = None,
         index: Optional[Tensor] = None,
+        features: Optional[Tensor] = None,
     ) -> Tensor:
         """Loss of ``(B, D)`` predictions against ``(B, D)`` targets (stop-gradient).
 
-        ``weight=`` gives ``(B,)`` weights directly; ``index=`` looks them up.
+        ``weight=`` gives ``(B,)`` weights directly; ``index=`` looks them up (and, in
+        training mode, stores ``features``, default ``prediction``, in the labeler's bank).
         """
         if index is not None:
             if weight is not None:
                 raise ValueError("pass either index= or weight=, not both")
-            _, weight = self.guidance.lookup(index, prediction.device)
+            _, weight = self._require_guidance().lookup(index, prediction.device, prediction.shape[0])
+        elif features is not None:
+            raise ValueError("features= is stored for index= calls; pass index= too")
         loss_function = functional.byol_loss if self.variant == "byol" else functional.simsiam_loss
-        return loss_function(
-            prediction, target, weight, self.reduction, gather_distributed=self.gather_distributed
+        feed = self._feeds_labeler(index)
+        labeler = self.pseudo_labeler
+        wants_rows = feed and labeler is not None and labeler.uses_loss
+        loss = loss_function(
+            prediction,
+            target,
+            weight,
+            "none" if wants_rows else self.reduction,
+            gather_distributed=self.gather_distributed,
         )
+        per_sample_loss = None
+        if wants_rows:
+            per_sample_loss = _per_sample_of_rows(loss, weight, 1)
+            loss = functional.weighted_reduce(loss, weight, self.reduction, self.gather_distributed)
+        if feed:
+            assert index is not None
+            self._feed(index, prediction if features is None else features, per_sample_loss)
+        return loss
 
     def extra_repr(self) -> str:
-        return (
-            f"variant={self.variant!r}, reduction={self.reduction!r}, "
-            f"gather_distributed={self.gather_distributed}"
-        )
+        return f"variant={self.variant!r}, reduction={self.reduction!r}, gather_distributed={self.gather_distributed}"

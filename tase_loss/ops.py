@@ -19,12 +19,14 @@ autograd formulas, so the op works under ``torch.compile``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from tase_loss import _extension
+from tase_loss._numerics import accumulation_dtype
 
 __all__ = ["contrastive_rows_fused", "is_applicable"]
 
@@ -34,19 +36,27 @@ _FORWARD_WITH_GRAD = "tase_loss::contrastive_forward_with_grad"
 _BACKWARD = "tase_loss::contrastive_backward"
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _kernel_device_types() -> frozenset[str]:
-    """Device types with a registered kernel, looked up once (a plain set under dynamo)."""
+@functools.lru_cache(maxsize=None)
+def _load() -> frozenset[str]:
+    """Load the extension (first call only) and return the device types with a kernel."""
     if not _extension.has_ext():
         return frozenset()
+    _register()
     return frozenset(
         device_type
         for device_type, dispatch_key in (("cpu", "CPU"), ("cuda", "CUDA"))
         if torch._C._dispatch_has_kernel_for_dispatch_key(_FORWARD, dispatch_key)
     )
+
+
+@torch.compiler.assume_constant_result
+def has_kernel(device_type: str) -> bool:
+    """Whether the fused op has a kernel for ``device_type`` (``False`` without the extension).
+
+    The extension is loaded (or JIT-built with ``TASE_LOSS_JIT=1``) at the first call,
+    not at import. Under ``torch.compile`` the answer is a constant of the graph.
+    """
+    return device_type in _load()
 
 
 def is_applicable(queries: Tensor, keys: Tensor) -> bool:
@@ -62,7 +72,7 @@ def is_applicable(queries: Tensor, keys: Tensor) -> bool:
         True
     """
     return (
-        queries.device.type in _KERNEL_DEVICE_TYPES
+        has_kernel(queries.device.type)
         and queries.dim() == 2
         and keys.dim() == 2
         and queries.dtype in _SUPPORTED_DTYPES
@@ -109,7 +119,7 @@ def contrastive_rows_fused(
 
 
 def _rows_like(queries: Tensor) -> Tensor:
-    return queries.new_empty((queries.shape[0],), dtype=_accumulation_dtype(queries.dtype))
+    return queries.new_empty((queries.shape[0],), dtype=accumulation_dtype(queries.dtype))
 
 
 def _fake_forward(
@@ -132,7 +142,7 @@ def _fake_forward_with_grad(
     weight: Tensor,
     grad_keys: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    accumulate = _accumulation_dtype(queries.dtype)
+    accumulate = accumulation_dtype(queries.dtype)
     unit_grad_keys = keys.new_empty(keys.shape if grad_keys else (0,), dtype=accumulate)
     return (
         _rows_like(queries),
@@ -212,7 +222,3 @@ def _register() -> None:
         _FORWARD_WITH_GRAD, _backward_forward_with_grad, setup_context=_setup_forward_with_grad
     )
 
-
-_KERNEL_DEVICE_TYPES = _kernel_device_types()
-if _KERNEL_DEVICE_TYPES:
-    _register()

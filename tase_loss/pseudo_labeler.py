@@ -1,77 +1,101 @@
-"""Pseudo-labels and frequency estimates from spherical k-means over a feature bank.
+"""Per-sample frequency estimates over training: a feature bank, an estimator, a schedule.
 
 FAISS is imported lazily (through :mod:`tase_loss._faiss`), so the losses work without it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import warnings
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tase_loss import distributed
-from tase_loss._faiss import faiss_threads, import_faiss
-from tase_loss._validation import check_embeddings, check_index, check_state_dict
-from tase_loss.reweighting import FrequencyReference
+from tase_loss._validation import check_index, check_int, check_real, check_state_dict
+from tase_loss.bank import BANK_DTYPES, FeatureBank
+from tase_loss.estimators import FrequencyEstimate, FrequencyEstimator, build_estimator
 
-__all__ = ["NotFittedError", "PseudoLabeler"]
+__all__ = ["FrequencyReference", "NotFittedError", "PseudoLabeler"]
 
 
 class NotFittedError(ValueError):
-    """The pseudo-labeler was asked for estimates before its first clustering."""
+    """The pseudo-labeler was asked for estimates before its first estimate."""
+
+
+@dataclass(frozen=True)
+class FrequencyReference:
+    """Log-frequency statistics a map compares a sample against.
+
+    Attributes:
+        log_mean: ``log g``, the mean log-frequency (log of the geometric mean).
+        log_min: the smallest log-frequency (used by the ``"range"`` temperature map).
+        log_max: the largest log-frequency.
+
+    Example:
+        >>> import torch
+        >>> FrequencyReference.of_log(torch.tensor([-1.0, -3.0]))
+        FrequencyReference(log_mean=-2.0, log_min=-3.0, log_max=-1.0)
+    """
+
+    log_mean: float
+    log_min: float
+    log_max: float
+
+    @classmethod
+    def of_log(cls, log_frequency: Tensor) -> "FrequencyReference":
+        """The statistics of a non-empty tensor of log-frequencies."""
+        return cls(
+            log_mean=float(log_frequency.mean()),
+            log_min=float(log_frequency.min()),
+            log_max=float(log_frequency.max()),
+        )
 
 
 class PseudoLabeler:
-    """Feature bank + FAISS spherical k-means -> per-sample pseudo-labels and frequencies.
+    """A feature bank, a frequency estimator and a schedule -> per-sample frequencies ``f_i``.
 
-    Feed it detached features as batches pass (:meth:`update`) and call
-    :meth:`maybe_recluster` at the end of every epoch. After ``warmup_epochs`` it
-    clusters the whole bank every ``recluster_every`` epochs; sample ``i`` in a cluster
-    of size ``n_c`` gets the frequency ``n_c / N``. With several values of
-    ``num_clusters`` (an ensemble) a sample's estimate is the geometric mean over the
-    members. Across re-clusterings the log-frequency is smoothed by an exponential
-    moving average (cluster ids change between fits; a sample's frequency does not).
-    A sample that has no estimate yet gets the neutral value ``g``, the geometric mean
-    of all estimates, so the temperature and weight maps leave it at NT-Xent's values.
+    Feed it features as batches pass (:meth:`update`; a
+    :class:`~tase_loss.TASEContrastiveLoss` called with ``index=`` does it for you) and
+    call :meth:`end_epoch` after every epoch. The first ``warmup_epochs`` epochs train
+    plain NT-Xent; at the end of epoch ``warmup_epochs - 1`` (0-based) and every
+    ``estimate_every`` epochs after it, the estimator turns the bank into per-sample
+    log-frequencies (:mod:`tase_loss.estimators`; k-means cluster sizes, kNN density,
+    ...). Across estimates the log-frequency is smoothed by an exponential moving
+    average (cluster ids change between fits; a sample's frequency does not). A sample
+    without an estimate gets the neutral value ``g``, the geometric mean of all
+    estimates, so the temperature and weight maps leave it at NT-Xent's values.
 
-    The bank stays on the CPU (FAISS clusters there); ``bank_dtype=torch.float16``
-    halves its memory for datasets of millions of samples.
-
-    With ``gather_distributed=True`` under ``torch.distributed``, :meth:`update`
-    gathers every rank's ``(index, features)`` so that all banks stay identical, and
-    :meth:`recluster` fits k-means on rank 0 only and broadcasts the labels and
-    estimates: every rank ends with bit-identical labels and frequencies (FAISS's
-    multi-threaded k-means need not be bit-reproducible across processes, and one fit
-    costs the shared host CPUs one fit instead of ``W``). Every rank must call
-    :meth:`update` and :meth:`recluster` (or :meth:`maybe_recluster`) alike.
+    With ``gather_distributed=True`` under ``torch.distributed``, :meth:`update` stores
+    every rank's rows, so all banks stay identical, and :meth:`estimate` runs the
+    estimator on rank 0 only and broadcasts the result: every rank ends with
+    bit-identical estimates. Every rank must call :meth:`update` and :meth:`end_epoch`
+    alike.
 
     Args:
         num_samples: ``N``, the size of the training set; indices lie in ``[0, N)``.
         feature_dim: ``D``, the feature size stored in the bank.
-        num_clusters: ``k``, or a sequence of ``k`` values for an ensemble.
-        warmup_epochs: index of the first epoch at whose end the bank is clustered
-            (0-based), so epochs ``0 .. warmup_epochs`` train plain NT-Xent.
-        recluster_every: epochs between clusterings after the warm-up.
+        estimator: a :class:`~tase_loss.estimators.FrequencyEstimator` or its name
+            (``"knn-density"``, the measured default; ``"cluster-size"``,
+            ``"merged-clusters"``, ``"momentum-loss"``).
+        warmup_epochs: epochs of plain NT-Xent before the first estimate, ``>= 1``.
+        estimate_every: epochs between estimates after the warm-up.
         momentum: EMA factor of the log-frequency, in ``[0, 1)``; ``0`` keeps only the
-            latest clustering.
-        num_iterations: k-means iterations per fit.
-        seed: seed of the k-means initialization (member ``j`` uses ``seed + j``).
+            latest estimate.
+        seed: seed of the estimator's random choices (its ``j``-th estimate uses ``seed``
+            too: a fixed bank gives a fixed estimate).
         num_threads: OpenMP threads FAISS may use; ``None`` leaves FAISS's setting.
-        bank_dtype: ``torch.float32`` or ``torch.float16``.
-        gather_distributed: share updates and clusterings across the ranks of the
-            default process group (the identity without one).
+        bank_dtype: storage dtype of the bank (``torch.float16`` by default).
+        device: device of the bank; ``None`` follows the first features.
+        gather_distributed: share updates and estimates across the ranks of the default
+            process group (the identity without one).
 
     Example:
         >>> import torch
-        >>> labeler = PseudoLabeler(num_samples=100, feature_dim=8, num_clusters=4,
-        ...                         warmup_epochs=0)
+        >>> labeler = PseudoLabeler(num_samples=100, feature_dim=8, warmup_epochs=1)
         >>> labeler.update(torch.arange(100), torch.randn(100, 8))
-        >>> labeler.maybe_recluster(epoch=0)
+        >>> labeler.end_epoch(epoch=0)
         True
         >>> labeler.frequency(torch.tensor([0, 1])).shape
         torch.Size([2])
@@ -81,199 +105,180 @@ class PseudoLabeler:
         self,
         num_samples: int,
         feature_dim: int,
-        num_clusters: Union[int, Sequence[int]] = 10,
+        estimator: Union[str, FrequencyEstimator, None] = None,
         *,
         warmup_epochs: int = 10,
-        recluster_every: int = 1,
+        estimate_every: int = 1,
         momentum: float = 0.5,
-        num_iterations: int = 20,
         seed: int = 0,
         num_threads: Optional[int] = None,
-        bank_dtype: torch.dtype = torch.float32,
+        bank_dtype: torch.dtype = torch.float16,
+        device: Optional[Union[str, torch.device]] = None,
         gather_distributed: bool = False,
     ) -> None:
-        cluster_counts = (num_clusters,) if isinstance(num_clusters, int) else tuple(num_clusters)
-        _check_count("num_samples", num_samples, minimum=1)
-        _check_count("feature_dim", feature_dim, minimum=1)
-        if not cluster_counts:
-            raise ValueError("num_clusters must not be empty")
-        for count in cluster_counts:
-            _check_count("num_clusters", count, minimum=1)
-            if count > num_samples:
-                raise ValueError(
-                    f"num_clusters={count} is larger than num_samples={num_samples}"
-                )
-        _check_count("warmup_epochs", warmup_epochs, minimum=0)
-        _check_count("recluster_every", recluster_every, minimum=1)
-        _check_count("num_iterations", num_iterations, minimum=1)
-        if num_threads is not None:
-            _check_count("num_threads", num_threads, minimum=1)
-        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
-        if bank_dtype not in (torch.float32, torch.float16):
-            raise TypeError(f"bank_dtype must be torch.float32 or torch.float16, got {bank_dtype}")
-
+        self.estimator = build_estimator(estimator)
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=1)
+        self.estimate_every = check_int("estimate_every", estimate_every, minimum=1)
+        self.momentum = check_real("momentum", momentum, 0.0, 1.0, exclusive_maximum=True)
+        self.seed = check_int("seed", seed)
+        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, minimum=1)
+        self.gather_distributed = bool(gather_distributed)
+        self.bank = FeatureBank(
+            num_samples, feature_dim, dtype=bank_dtype, device=device, gather_distributed=gather_distributed
+        )
         self.num_samples = num_samples
         self.feature_dim = feature_dim
-        self.num_clusters = cluster_counts
-        self.warmup_epochs = warmup_epochs
-        self.recluster_every = recluster_every
-        self.momentum = float(momentum)
-        self.num_iterations = num_iterations
-        self.seed = seed
-        self.num_threads = num_threads
-        self.gather_distributed = bool(gather_distributed)
-
-        self.bank = torch.zeros(num_samples, feature_dim, dtype=bank_dtype)
-        self.seen = torch.zeros(num_samples, dtype=torch.bool)
         self.labels = torch.full((num_samples,), -1, dtype=torch.int64)
         self.log_frequency = torch.zeros(num_samples, dtype=torch.float64)
         self.has_estimate = torch.zeros(num_samples, dtype=torch.bool)
-        self.num_fits = 0
+        # Only an estimator that reads losses keeps them: the latest loss of each sample.
+        self.sample_loss = torch.zeros(num_samples if self.estimator.uses_loss else 0, dtype=torch.float32)
+        self.num_estimates = 0
+        self.last_diagnostics: dict[str, float] = {}
         self._reference: Optional[FrequencyReference] = None
+        self._version = 0
 
     @property
     def is_fitted(self) -> bool:
-        """Whether at least one clustering has produced estimates."""
-        return self.num_fits > 0
+        """Whether at least one estimate exists."""
+        return self.num_estimates > 0
 
-    def update(self, index: Tensor, features: Tensor) -> None:
-        """Store detached, L2-normalized features of a batch in the bank.
+    @property
+    def version(self) -> int:
+        """Changes whenever the estimates change (an estimate, a load): a cache key."""
+        return self._version
+
+    @property
+    def uses_loss(self) -> bool:
+        """Whether :meth:`update` needs the per-sample ``loss`` (the estimator reads losses)."""
+        return self.estimator.uses_loss
+
+    def update(self, index: Tensor, features: Tensor, loss: Optional[Tensor] = None) -> None:
+        """Store a batch's detached features (and per-sample losses, if the estimator reads them).
 
         Args:
             index: ``(B,)`` dataset indices of the batch (this rank's, when gathering).
-            features: ``(B, D)`` features (any device; copied to the CPU).
+            features: ``(B, D)`` features (any device).
+            loss: ``(B,)`` per-sample losses; required when :attr:`uses_loss`, ignored otherwise.
         """
-        check_embeddings("features", features)
-        if features.shape[1] != self.feature_dim:
-            raise ValueError(
-                f"features must have {self.feature_dim} columns, got {features.shape[1]}"
-            )
-        index = check_index(index, features.shape[0], self.num_samples).long()
-        features = features.detach()
-        if self.gather_distributed:
-            index = distributed.all_gather_rows(index.to(features.device))[0]
-            features = distributed.all_gather_rows(features)[0]
-        index = index.cpu()
-        rows = F.normalize(features.float(), dim=1).cpu()
-        self.bank[index] = rows.to(self.bank.dtype)
-        self.seen[index] = True
+        if self.uses_loss:
+            if not isinstance(loss, Tensor) or tuple(loss.shape) != (features.shape[0],):
+                raise ValueError(
+                    f"the {self.estimator.name} estimator needs loss=, a ({features.shape[0]},) tensor "
+                    "of per-sample losses"
+                )
+            check_index(index, features.shape[0], self.num_samples)
+        self.bank.update(index, features)
+        if self.uses_loss:
+            values, rows = loss.detach().float(), index.to(loss.device, torch.int64)
+            if self.gather_distributed:
+                rows = distributed.all_gather_rows(rows)[0]
+                values = distributed.all_gather_rows(values)[0]
+            self.sample_loss[rows.cpu()] = values.cpu()
 
-    def should_recluster(self, epoch: int) -> bool:
-        """Whether the schedule asks for a clustering at the end of ``epoch`` (0-based)."""
-        since_warmup = epoch - self.warmup_epochs
-        return since_warmup >= 0 and since_warmup % self.recluster_every == 0
+    def should_estimate(self, epoch: int) -> bool:
+        """Whether the schedule asks for an estimate at the end of ``epoch`` (0-based)."""
+        check_int("epoch", epoch, minimum=0)
+        since_warmup = epoch + 1 - self.warmup_epochs
+        return since_warmup >= 0 and since_warmup % self.estimate_every == 0
 
-    def maybe_recluster(self, epoch: int) -> bool:
-        """Re-cluster if the schedule says so; returns whether it did."""
-        if not self.should_recluster(epoch):
+    def end_epoch(self, epoch: int) -> bool:
+        """Call after every epoch: estimates when the schedule says so; returns whether it did."""
+        if not self.should_estimate(epoch):
             return False
-        self.recluster()
+        self.estimate()
         return True
 
-    def recluster(self) -> None:
-        """Cluster every sample seen so far and fold the result into the estimates.
+    def warn_if_unfitted(self, epochs: int) -> None:
+        """Warn that a run of ``epochs`` epochs ended inside the warm-up (TASE never acted)."""
+        if not self.is_fitted:
+            warnings.warn(
+                f"training ended after {epochs} epoch(s) inside the pseudo-labeler's warm-up of "
+                f"{self.warmup_epochs}: no frequency estimate was made, so TASE was plain NT-Xent",
+                stacklevel=2,
+            )
 
-        When gathering, rank 0 clusters and the others receive its results.
+    def estimate(self) -> None:
+        """Estimate every stored sample's frequency now and fold it into the estimates.
+
+        When gathering, rank 0 estimates and the others receive its results.
 
         Raises:
             NotFittedError: if the bank is empty.
-            ValueError: if a ``num_clusters`` exceeds the number of samples seen.
+            ValueError: if the bank holds too few samples for the estimator.
         """
         if not self.gather_distributed or not distributed.is_distributed():
-            self._recluster_here()
+            self._estimate_here()
             return
         # The banks are identical, so these checks fail on every rank or on none.
-        self._check_can_cluster(int(self.seen.sum()))
+        self._check_can_estimate(self.bank.num_seen)
         if distributed.get_rank() == 0:
-            self._recluster_here()
+            self._estimate_here()
         self._copy_estimates_from_rank0()
+
+    def _check_can_estimate(self, num_seen: int) -> None:
+        if num_seen == 0:
+            raise NotFittedError("the bank is empty: call update() before estimating")
+        if num_seen < self.estimator.minimum_samples:
+            raise ValueError(
+                f"the {self.estimator.name} estimator needs at least {self.estimator.minimum_samples} "
+                f"samples, the bank holds {num_seen}"
+            )
+
+    def _estimate_here(self) -> None:
+        seen_index = self.bank.seen_index()
+        self._check_can_estimate(seen_index.numel())
+        result: FrequencyEstimate = self.estimator.estimate(
+            self.bank.rows(seen_index),
+            seed=self.seed,
+            num_threads=self.num_threads,
+            loss=self.sample_loss[seen_index] if self.uses_loss else None,
+        )
+        fresh = result.log_frequency.to(torch.float64)
+        previous = self.has_estimate[seen_index]
+        blended = torch.where(
+            previous, self.momentum * self.log_frequency[seen_index] + (1 - self.momentum) * fresh, fresh
+        )
+        self.log_frequency[seen_index] = blended
+        self.has_estimate[seen_index] = True
+        if result.labels is not None:
+            self.labels[seen_index] = result.labels
+        self.num_estimates += 1
+        self.last_diagnostics = dict(result.diagnostics)
+        self._refresh()
 
     def _copy_estimates_from_rank0(self) -> None:
         self.labels = distributed.broadcast_from_root(self.labels)
         self.log_frequency = distributed.broadcast_from_root(self.log_frequency)
         self.has_estimate = distributed.broadcast_from_root(self.has_estimate)
-        self.num_fits = int(distributed.broadcast_from_root(torch.tensor(self.num_fits)))
+        self.num_estimates = int(distributed.broadcast_from_root(torch.tensor(self.num_estimates)))
         # Rank 0's statistics, not a recomputation: a parallel mean over millions of
         # values may round differently under another thread count.
         statistics = torch.zeros(3, dtype=torch.float64)
         if distributed.get_rank() == 0:
             reference = self.frequency_reference()
-            statistics = torch.tensor(
-                [reference.log_mean, reference.log_min, reference.log_max], dtype=torch.float64
-            )
+            statistics = torch.tensor([reference.log_mean, reference.log_min, reference.log_max], dtype=torch.float64)
         log_mean, log_min, log_max = distributed.broadcast_from_root(statistics).tolist()
         self._reference = FrequencyReference(log_mean=log_mean, log_min=log_min, log_max=log_max)
+        self._version += 1
 
-    def _check_can_cluster(self, num_points: int) -> None:
-        if num_points == 0:
-            raise NotFittedError("the bank is empty: call update() before clustering")
-        for count in self.num_clusters:
-            if count > num_points:
-                raise ValueError(
-                    f"num_clusters={count} is larger than the {num_points} samples seen so far"
-                )
-
-    def _recluster_here(self) -> None:
-        seen_index = self.seen.nonzero().squeeze(1)
-        num_points = seen_index.numel()
-        self._check_can_cluster(num_points)
-        points = np.ascontiguousarray(self.bank[seen_index].float().numpy())
-        log_frequencies = []
-        labels = None
-        for member, count in enumerate(self.num_clusters):
-            member_labels = self._kmeans_labels(points, count, self.seed + member)
-            sizes = np.bincount(member_labels, minlength=count)
-            log_frequencies.append(np.log(sizes[member_labels] / num_points))
-            labels = member_labels if labels is None else labels
-        new_log_frequency = torch.from_numpy(np.mean(log_frequencies, axis=0))
-
-        previous = self.has_estimate[seen_index]
-        blended = torch.where(
-            previous,
-            self.momentum * self.log_frequency[seen_index] + (1 - self.momentum) * new_log_frequency,
-            new_log_frequency,
-        )
-        self.log_frequency[seen_index] = blended
-        self.has_estimate[seen_index] = True
-        self.labels[seen_index] = torch.from_numpy(labels).long()
-        self.num_fits += 1
-        self._reference = self._compute_reference()
-
-    def _kmeans_labels(self, points: np.ndarray, count: int, seed: int) -> np.ndarray:
-        faiss = import_faiss("PseudoLabeler")
-        kmeans = faiss.Kmeans(
-            points.shape[1],
-            count,
-            niter=self.num_iterations,
-            seed=seed,
-            spherical=True,
-            verbose=False,
-            # Use every point (no subsampling) and accept small clusters: tail clusters
-            # are the point of the exercise.
-            max_points_per_centroid=math.ceil(points.shape[0] / count) + 1,
-            min_points_per_centroid=1,
-        )
-        with faiss_threads(faiss, self.num_threads):
-            kmeans.train(points)
-            _, assignment = kmeans.index.search(points, 1)
-        return assignment[:, 0].astype(np.int64)
-
-    def _compute_reference(self) -> FrequencyReference:
+    def _refresh(self) -> None:
         estimates = self.log_frequency[self.has_estimate]
-        return FrequencyReference(
-            log_mean=float(estimates.mean()),
-            log_min=float(estimates.min()),
-            log_max=float(estimates.max()),
-        )
+        self._reference = FrequencyReference.of_log(estimates) if estimates.numel() else None
+        self._version += 1
 
     def frequency_reference(self) -> FrequencyReference:
         """The dataset's log-frequency statistics (geometric mean, minimum, maximum)."""
         if self._reference is None:
-            raise NotFittedError(
-                "PseudoLabeler has not clustered yet: call maybe_recluster() after the warm-up"
-            )
+            raise NotFittedError("PseudoLabeler has no estimate yet: call end_epoch() after every epoch")
         return self._reference
+
+    def log_frequency_table(self) -> Tensor:
+        """``(N,)`` float64 ``log f_i`` of every sample; the neutral ``log g`` where none exists."""
+        reference = self.frequency_reference()
+        return torch.where(
+            self.has_estimate, self.log_frequency, torch.tensor(reference.log_mean, dtype=torch.float64)
+        )
 
     def frequency(self, index: Tensor) -> Tensor:
         """Frequency estimates ``f_i`` of a batch, float32, on ``index``'s device.
@@ -285,59 +290,54 @@ class PseudoLabeler:
             ``(B,)`` frequencies in ``(0, 1]``; samples without an estimate get the
             geometric mean of all estimates.
         """
-        return self.log_frequency_of(index).exp().float().to(index.device)
-
-    def log_frequency_of(self, index: Tensor) -> Tensor:
-        """``log f_i`` of a batch, float64, on the CPU (see :meth:`frequency`)."""
-        reference = self.frequency_reference()
-        if not isinstance(index, Tensor) or index.dim() != 1:
-            raise ValueError("index must be a (B,) torch.Tensor")
-        # Checked on the CPU copy: a CUDA index costs one transfer and no extra syncs.
-        cpu_index = check_index(index.cpu(), index.shape[0], self.num_samples).long()
-        return torch.where(
-            self.has_estimate[cpu_index],
-            self.log_frequency[cpu_index],
-            torch.tensor(reference.log_mean, dtype=torch.float64),
-        )
+        index = check_index(index, None, self.num_samples)
+        return self.log_frequency_table()[index.cpu()].exp().float().to(index.device)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs: the bank, labels, estimates and fit count."""
+        """Everything a resumed run needs: the bank, labels, estimates and their count."""
+        bank = self.bank.state_dict()
         return {
-            "bank": self.bank.clone(),
-            "seen": self.seen.clone(),
+            "bank.features": bank["features"],
+            "bank.seen": bank["seen"],
             "labels": self.labels.clone(),
             "log_frequency": self.log_frequency.clone(),
             "has_estimate": self.has_estimate.clone(),
-            "num_fits": self.num_fits,
+            "sample_loss": self.sample_loss.clone(),
+            "num_estimates": self.num_estimates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; shapes must match this labeler's."""
-        expected = {
-            "bank": (self.num_samples, self.feature_dim),
-            "seen": (self.num_samples,),
-            "labels": (self.num_samples,),
-            "log_frequency": (self.num_samples,),
-            "has_estimate": (self.num_samples,),
-        }
-        check_state_dict(state, expected, other_keys=("num_fits",))
-        self.bank = state["bank"].to(self.bank.dtype).clone()
-        self.seen = state["seen"].bool().clone()
-        self.labels = state["labels"].long().clone()
-        self.log_frequency = state["log_frequency"].double().clone()
-        self.has_estimate = state["has_estimate"].bool().clone()
-        self.num_fits = int(state["num_fits"])
-        self._reference = self._compute_reference() if self.num_fits else None
+        """Restore :meth:`state_dict`'s output; validated completely before anything changes."""
+        count = self.num_samples
+        check_state_dict(
+            state,
+            {
+                "bank.features": ((count, self.feature_dim), BANK_DTYPES),
+                "bank.seen": ((count,), (torch.bool,)),
+                "labels": ((count,), (torch.int64,)),
+                "log_frequency": ((count,), (torch.float64,)),
+                "has_estimate": ((count,), (torch.bool,)),
+                "sample_loss": ((self.sample_loss.shape[0],), (torch.float32,)),
+            },
+            scalars=("num_estimates",),
+        )
+        has_estimate = state["has_estimate"]
+        if bool((state["log_frequency"][has_estimate] > 0).any()):
+            raise ValueError("state_dict['log_frequency'] must be <= 0 where has_estimate is set")
+        if (state["num_estimates"] > 0) != bool(has_estimate.any()):
+            raise ValueError("state_dict['num_estimates'] disagrees with state_dict['has_estimate']")
+        self.bank.load_state_dict({"features": state["bank.features"], "seen": state["bank.seen"]})
+        self.labels = state["labels"].clone()
+        self.log_frequency = state["log_frequency"].clone()
+        self.has_estimate = has_estimate.clone()
+        self.sample_loss = state["sample_loss"].clone()
+        self.num_estimates = int(state["num_estimates"])
+        self._refresh()
 
     def __repr__(self) -> str:
         return (
             f"PseudoLabeler(num_samples={self.num_samples}, feature_dim={self.feature_dim}, "
-            f"num_clusters={self.num_clusters}, warmup_epochs={self.warmup_epochs}, "
-            f"recluster_every={self.recluster_every}, momentum={self.momentum}, "
+            f"estimator={self.estimator!r}, warmup_epochs={self.warmup_epochs}, "
+            f"estimate_every={self.estimate_every}, momentum={self.momentum}, "
             f"gather_distributed={self.gather_distributed})"
         )
-
-
-def _check_count(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

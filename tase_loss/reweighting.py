@@ -9,52 +9,32 @@ weight::
     t_i = clip(t_base * (f_i / g) ** gamma, t_min, t_max)            (TemperatureMap, "power")
 
 They are two classes because they are tuned and ablated apart (temperature alone,
-re-weighting alone, both); they share the statistics in :class:`FrequencyReference`.
+re-weighting alone, both); they share the statistics in
+:class:`~tase_loss.FrequencyReference`. They are immutable (frozen dataclasses, so a
+cached table built from one stays valid); ``dataclasses.replace`` makes a changed copy.
 Their outputs are data: they are computed without gradient.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["FrequencyReference", "SampleReweighter", "TemperatureMap"]
+from tase_loss._validation import MAX_TEMPERATURE, MIN_TEMPERATURE, check_base_temperature, check_choice, check_real
+from tase_loss.pseudo_labeler import FrequencyReference
+
+__all__ = ["SampleReweighter", "TemperatureMap"]
+
+# The default clip range as multiples of the base temperature: t_base = 0.2 gives the
+# spec's [0.05, 1.0].
+LOW_CLIP_FACTOR = 0.25
+HIGH_CLIP_FACTOR = 5.0
 
 
-@dataclass(frozen=True)
-class FrequencyReference:
-    """Log-frequency statistics a map compares a sample against.
-
-    Attributes:
-        log_mean: ``log g``, the mean log-frequency (log of the geometric mean).
-        log_min: the smallest log-frequency (used by the ``"range"`` temperature map).
-        log_max: the largest log-frequency.
-    """
-
-    log_mean: float
-    log_min: float
-    log_max: float
-
-    @classmethod
-    def of(cls, frequency: Tensor) -> "FrequencyReference":
-        """The statistics of a tensor of frequencies, e.g. a batch's."""
-        return cls.of_log(_log_frequency(frequency))
-
-    @classmethod
-    def of_log(cls, log_frequency: Tensor) -> "FrequencyReference":
-        """The statistics of a tensor of log-frequencies."""
-        return cls(
-            log_mean=float(log_frequency.mean()),
-            log_min=float(log_frequency.min()),
-            log_max=float(log_frequency.max()),
-        )
-
-
-def _log_frequency(frequency: Tensor) -> Tensor:
+def _log_frequency(frequency: object) -> Tensor:
     if not isinstance(frequency, Tensor) or not frequency.is_floating_point():
         raise TypeError("frequency must be a floating torch.Tensor")
     if frequency.dim() != 1 or frequency.numel() == 0:
@@ -68,17 +48,13 @@ def _log_mean(log_frequency: Tensor, reference: Optional[FrequencyReference]) ->
     return log_frequency.mean() if reference is None else reference.log_mean
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite value > 0, got {value!r}")
-
-
+@dataclass(frozen=True)
 class SampleReweighter:
     """Per-sample weights from frequency estimates ("quantity awareness").
 
     Args:
-        alpha: exponent; ``0`` gives unit weights, larger values favour rare samples.
-        max_weight: weights are clipped to ``[1 / max_weight, max_weight]``.
+        alpha: exponent ``>= 0``; ``0`` gives unit weights, larger values favour rare samples.
+        max_weight: weights are clipped to ``[1 / max_weight, max_weight]``, ``>= 1``.
 
     Example:
         >>> import torch
@@ -87,18 +63,14 @@ class SampleReweighter:
         tensor([0.5000, 1.0000, 2.0000])
     """
 
-    def __init__(self, alpha: float = 0.5, max_weight: float = 10.0) -> None:
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite value >= 0, got {alpha!r}")
-        _check_positive("max_weight", max_weight)
-        if max_weight < 1:
-            raise ValueError(f"max_weight must be >= 1, got {max_weight}")
-        self.alpha = float(alpha)
-        self.max_weight = float(max_weight)
+    alpha: float = 0.5
+    max_weight: float = 10.0
 
-    def __call__(
-        self, frequency: Tensor, reference: Optional[FrequencyReference] = None
-    ) -> Tensor:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha", check_real("alpha", self.alpha, 0.0))
+        object.__setattr__(self, "max_weight", check_real("max_weight", self.max_weight, 1.0, 1e6))
+
+    def __call__(self, frequency: Tensor, reference: Optional[FrequencyReference] = None) -> Tensor:
         """Weights for ``(B,)`` frequencies in ``(0, 1]``.
 
         Args:
@@ -110,22 +82,14 @@ class SampleReweighter:
         """
         return self.from_log_frequency(_log_frequency(frequency), reference)
 
-    def from_log_frequency(
-        self, log_frequency: Tensor, reference: Optional[FrequencyReference] = None
-    ) -> Tensor:
-        """Weights for ``(B,)`` log-frequencies already known to be valid (no checks).
-
-        The fast path of :class:`~tase_loss.TASEContrastiveLoss`, which reads
-        log-frequencies straight from the :class:`~tase_loss.PseudoLabeler`.
-        """
+    def from_log_frequency(self, log_frequency: Tensor, reference: Optional[FrequencyReference] = None) -> Tensor:
+        """Weights for ``(B,)`` log-frequencies already known to be valid (no checks)."""
         relative = log_frequency - _log_mean(log_frequency, reference)
         weight = torch.exp(-self.alpha * relative).clamp(1.0 / self.max_weight, self.max_weight)
         return weight.float()
 
-    def __repr__(self) -> str:
-        return f"SampleReweighter(alpha={self.alpha}, max_weight={self.max_weight})"
 
-
+@dataclass(frozen=True)
 class TemperatureMap:
     """Per-sample temperatures from frequency estimates: rare samples get small ones.
 
@@ -134,13 +98,17 @@ class TemperatureMap:
     NT-Xent at ``t_base``. ``mapping="range"`` fills the clip range:
     ``t_i = t_min + (t_max - t_min) * r_i`` with
     ``r_i = (log f_i - log f_min) / (log f_max - log f_min)`` (it raises most samples'
-    temperature; see ``TASE_METHOD.md``).
+    temperature; see ``docs/METHOD.md``).
+
+    The clip range defaults to ``[t_base / 4, 5 t_base]`` (the spec's ``[0.05, 1.0]`` at
+    ``t_base = 0.2``), so it never moves the base temperature itself; an explicit range
+    must contain ``t_base``.
 
     Args:
         base_temperature: ``t_base``, the temperature of a typical sample.
         gamma: exponent of the power map.
-        min_temperature: ``t_min``.
-        max_temperature: ``t_max``.
+        min_temperature: ``t_min``; ``None``: ``t_base / 4``.
+        max_temperature: ``t_max``; ``None``: ``5 t_base``.
         mapping: ``"power"`` or ``"range"``.
 
     Example:
@@ -148,39 +116,31 @@ class TemperatureMap:
         >>> temperature_map = TemperatureMap(base_temperature=0.2, gamma=0.25)
         >>> temperature_map(torch.tensor([0.5, 0.05, 0.005]))
         tensor([0.3557, 0.2000, 0.1125])
+        >>> temperature_map.min_temperature, temperature_map.max_temperature
+        (0.05, 1.0)
     """
+
+    base_temperature: float = 0.2
+    gamma: float = 0.25
+    min_temperature: Optional[float] = None
+    max_temperature: Optional[float] = None
+    mapping: str = "power"
 
     MAPPINGS = ("power", "range")
 
-    def __init__(
-        self,
-        base_temperature: float = 0.2,
-        gamma: float = 0.25,
-        min_temperature: float = 0.05,
-        max_temperature: float = 1.0,
-        mapping: str = "power",
-    ) -> None:
-        _check_positive("base_temperature", base_temperature)
-        _check_positive("min_temperature", min_temperature)
-        _check_positive("max_temperature", max_temperature)
-        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma)):
-            raise ValueError(f"gamma must be a finite number, got {gamma!r}")
-        if min_temperature > max_temperature:
-            raise ValueError(
-                f"min_temperature ({min_temperature}) must not exceed "
-                f"max_temperature ({max_temperature})"
-            )
-        if mapping not in self.MAPPINGS:
-            raise ValueError(f"mapping must be one of {self.MAPPINGS}, got {mapping!r}")
-        self.base_temperature = float(base_temperature)
-        self.gamma = float(gamma)
-        self.min_temperature = float(min_temperature)
-        self.max_temperature = float(max_temperature)
-        self.mapping = mapping
+    def __post_init__(self) -> None:
+        base = check_base_temperature(self.base_temperature, "base_temperature")
+        low = base * LOW_CLIP_FACTOR if self.min_temperature is None else self.min_temperature
+        high = base * HIGH_CLIP_FACTOR if self.max_temperature is None else self.max_temperature
+        low = check_real("min_temperature", low, MIN_TEMPERATURE, base)
+        high = check_real("max_temperature", high, base, MAX_TEMPERATURE)
+        object.__setattr__(self, "base_temperature", base)
+        object.__setattr__(self, "gamma", check_real("gamma", self.gamma))
+        object.__setattr__(self, "min_temperature", low)
+        object.__setattr__(self, "max_temperature", high)
+        check_choice("mapping", self.mapping, self.MAPPINGS)
 
-    def __call__(
-        self, frequency: Tensor, reference: Optional[FrequencyReference] = None
-    ) -> Tensor:
+    def __call__(self, frequency: Tensor, reference: Optional[FrequencyReference] = None) -> Tensor:
         """Temperatures for ``(B,)`` frequencies in ``(0, 1]``.
 
         Args:
@@ -192,10 +152,9 @@ class TemperatureMap:
         """
         return self.from_log_frequency(_log_frequency(frequency), reference)
 
-    def from_log_frequency(
-        self, log_frequency: Tensor, reference: Optional[FrequencyReference] = None
-    ) -> Tensor:
+    def from_log_frequency(self, log_frequency: Tensor, reference: Optional[FrequencyReference] = None) -> Tensor:
         """Temperatures for ``(B,)`` log-frequencies already known to be valid (no checks)."""
+        assert self.min_temperature is not None and self.max_temperature is not None
         if self.mapping == "power":
             relative = log_frequency - _log_mean(log_frequency, reference)
             temperature = self.base_temperature * torch.exp(self.gamma * relative)
@@ -207,14 +166,5 @@ class TemperatureMap:
                 if span > 0
                 else torch.full_like(log_frequency, 0.5)
             )
-            temperature = self.min_temperature + (
-                self.max_temperature - self.min_temperature
-            ) * position
+            temperature = self.min_temperature + (self.max_temperature - self.min_temperature) * position
         return temperature.clamp(self.min_temperature, self.max_temperature).float()
-
-    def __repr__(self) -> str:
-        return (
-            f"TemperatureMap(base_temperature={self.base_temperature}, gamma={self.gamma}, "
-            f"min_temperature={self.min_temperature}, max_temperature={self.max_temperature}, "
-            f"mapping={self.mapping!r})"
-        )

@@ -46,8 +46,9 @@ What we deliberately do differently:
   parameter perturbed in pass 1 is restored even if it gets no gradient in pass 2.
 - ``state_dict()`` holds the base optimizer's state (momentum buffers etc.).
 
-The weights come from :mod:`tase_loss.density` (kNN density, label-free as in the paper,
-or TASE's cluster frequencies).
+The weights come from :class:`~tase_loss.FrequencyWeights` over a
+:class:`~tase_loss.PseudoLabeler` (kNN density, label-free as in the paper, or TASE's
+default estimate).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from tase_loss.loss import TASEContrastiveLoss
+from tase_loss._validation import check_bool, check_real
 
 __all__ = ["RwSAM", "frozen_batch_norm", "rwsam_step"]
 
@@ -332,10 +333,12 @@ def frozen_batch_norm(*modules: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _frozen_queues(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Freeze every module that offers ``queue_frozen()`` (a queue of keys, as MoCo's)."""
     with contextlib.ExitStack() as stack:
         for module in _submodules(modules):
-            if isinstance(module, TASEContrastiveLoss):
-                stack.enter_context(module.queue_frozen())
+            freeze = getattr(module, "queue_frozen", None)
+            if callable(freeze):
+                stack.enter_context(freeze())
         yield
 
 
@@ -415,10 +418,8 @@ def _flatten_params(params: Iterable[Any]) -> list[Tensor]:
 
 
 def _check_rho(rho: object) -> None:
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (math.isfinite(rho) and rho >= 0):
-        raise ValueError(f"rho must be a finite value >= 0, got {rho!r}")
+    check_real("rho", rho, 0.0)
 
 
 def _check_adaptive(adaptive: object) -> None:
-    if not isinstance(adaptive, bool):
-        raise TypeError(f"adaptive must be a bool, got {adaptive!r}")
+    check_bool("adaptive", adaptive)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tase_loss import PseudoLabeler, TASEContrastiveLoss, TASECosineLoss
+from tase_loss import ClusterSizeEstimator, Guidance, KNNDensityEstimator, PseudoLabeler, SampleReweighter, TASEContrastiveLoss, TASECosineLoss, TemperatureMap
 from tase_loss.distributed import all_gather_rows
 from tase_loss.functional import moco_loss
 
@@ -94,12 +94,18 @@ def labeler_batches(epoch: int, world_size: int) -> list[tuple[Tensor, Tensor]]:
     return batches
 
 
-def make_labeler(world_size: int, gather_distributed: bool) -> PseudoLabeler:
+LABELER_ESTIMATORS = {
+    "cluster-size": lambda: ClusterSizeEstimator(LABELER_CLUSTERS),
+    "knn-density": lambda: KNNDensityEstimator(num_neighbors=5, graph_neighbors=8),
+}
+
+
+def make_labeler(world_size: int, gather_distributed: bool, estimator: str) -> PseudoLabeler:
     return PseudoLabeler(
         LABELER_SAMPLES,
         LABELER_DIM,
-        LABELER_CLUSTERS,
-        warmup_epochs=0,
+        LABELER_ESTIMATORS[estimator](),
+        warmup_epochs=1,
         momentum=0.5,
         num_threads=1,
         bank_dtype=torch.float16 if world_size == 3 else torch.float32,
@@ -115,8 +121,10 @@ def labeler_state(labeler: PseudoLabeler) -> dict[str, object]:
         "has_estimate": labeler.has_estimate.clone(),
         "frequency": labeler.frequency(torch.arange(LABELER_SAMPLES)),
         "reference": (reference.log_mean, reference.log_min, reference.log_max),
-        "bank": labeler.bank.clone(),
-        "num_fits": labeler.num_fits,
+        "bank": labeler.bank.features.clone(),
+        "seen": labeler.bank.seen.clone(),
+        "num_estimates": labeler.num_estimates,
+        "tables": torch.stack(Guidance(labeler, TemperatureMap(0.2), SampleReweighter()).tables(torch.device("cpu"))),
     }
 
 
@@ -185,7 +193,7 @@ def _moco(rank: int, world_size: int) -> dict[str, object]:
     model = DistributedDataParallel(make_encoder(seed=0))
     momentum_encoder = make_encoder(seed=1)
     criterion = TASEContrastiveLoss(
-        queue_size=QUEUE_SIZE, embedding_dim=EMBEDDING_DIM, gather_distributed=True
+        queue_size=QUEUE_SIZE, feature_dim=EMBEDDING_DIM, gather_distributed=True
     ).double()
     steps = []
     for step, sizes in enumerate(STEP_SIZES[world_size]):
@@ -261,8 +269,8 @@ def _moco_functional_with_key_grads(rank: int, world_size: int) -> dict[str, obj
     }
 
 
-def _labeler(rank: int, world_size: int) -> list[dict[str, object]]:
-    labeler = make_labeler(world_size, gather_distributed=True)
+def _labeler(rank: int, world_size: int, estimator: str) -> list[dict[str, object]]:
+    labeler = make_labeler(world_size, gather_distributed=True, estimator=estimator)
     states = []
     for epoch in range(LABELER_EPOCHS):
         for (index, features), sizes in zip(
@@ -270,7 +278,7 @@ def _labeler(rank: int, world_size: int) -> list[dict[str, object]]:
         ):
             rows = rank_rows(sizes, rank)
             labeler.update(index[rows], features[rows])
-        assert labeler.maybe_recluster(epoch)
+        assert labeler.end_epoch(epoch)
         states.append(labeler_state(labeler))
     return states
 
@@ -301,7 +309,7 @@ def run_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
             "moco": _moco(rank, world_size),
             "moco_functional": _moco_functional_with_key_grads(rank, world_size),
             "cosine": cosine_steps(rank, world_size, gather_distributed=True),
-            "labeler": _labeler(rank, world_size),
+            "labeler": {name: _labeler(rank, world_size, name) for name in LABELER_ESTIMATORS},
             "mismatch": _feature_size_mismatch_raises_everywhere(rank),
         }
         torch.save(results, Path(output_dir) / f"rank{rank}.pt")

@@ -1,12 +1,18 @@
-"""kNN density weights against a brute-force float64 oracle, and the frequency adapter."""
+"""rwSAM's inverse kNN-density weights against a brute-force float64 oracle, and FrequencyWeights."""
 
 import math
 
 import pytest
 import torch
 
-from tase_loss import FrequencyWeights, KNNDensityWeights, PseudoLabeler, SampleReweighter, knn_log_density
-from tase_loss.density import inverse_density_weights
+from tase_loss import (
+    ClusterSizeEstimator,
+    FrequencyWeights,
+    KNNDensityEstimator,
+    PseudoLabeler,
+    SampleReweighter,
+    knn_log_density,
+)
 
 F64 = torch.float64
 
@@ -41,7 +47,7 @@ def _long_tailed_mixture(sizes=(120, 30, 6), dim=6, spread=0.35, seed=0):
 )
 def test_log_density_matches_brute_force(kernel, bandwidth, k):
     features, _ = _long_tailed_mixture(sizes=(40, 12, 4), seed=1)
-    ours = knn_log_density(features, k=k, kernel=kernel, bandwidth=bandwidth, num_threads=1)
+    ours = knn_log_density(features, k=k, kernel=kernel, bandwidth=bandwidth, dimension=1.0, num_threads=1)
     torch.testing.assert_close(ours, _brute_force_log_density(features, k, kernel, bandwidth), rtol=1e-12, atol=1e-12)
 
 
@@ -51,28 +57,37 @@ def test_duplicates_exclude_only_the_point_itself():
     # Points 0 and 1 are each other's neighbour at similarity 1 (not themselves).
     torch.testing.assert_close(ours[:2], torch.ones(2, dtype=F64))
     torch.testing.assert_close(ours[2:], torch.tensor([0.8, 0.8], dtype=F64))
-    assert knn_log_density(features, k=1, kernel="kth_neighbor")[0] == pytest.approx(-math.log(1e-6))
+    assert knn_log_density(features, k=1, kernel="kth_neighbor", dimension=1.0)[0] == pytest.approx(-math.log(1e-6))
+
+
+def _density_weights(num_samples, dim, alpha=1.0, max_weight=10.0, **options):
+    """rwSAM's weights as the runner builds them: vMF-kernel kNN density, no smoothing, no EMA."""
+    options = {"kernel": "exponential", "bandwidth": 0.1, "smoothing_rounds": 0, **options}
+    labeler = PseudoLabeler(num_samples, dim, KNNDensityEstimator(**options), warmup_epochs=1, momentum=0.0,
+                            bank_dtype=torch.float32)
+    return labeler, FrequencyWeights(labeler, SampleReweighter(alpha, max_weight))
 
 
 @pytest.mark.parametrize("kernel", ["exponential", "kth_neighbor"])
 def test_rarer_points_get_larger_weights_on_a_planted_long_tail(kernel):
     features, labels = _long_tailed_mixture(seed=2)
-    weights = KNNDensityWeights(len(labels), features.shape[1], k=5, kernel=kernel, bandwidth=0.1)
-    weights.update(torch.arange(len(labels)), features)
-    weights.refresh()
+    labeler, weights = _density_weights(len(labels), features.shape[1], num_neighbors=5, kernel=kernel)
+    labeler.update(torch.arange(len(labels)), features)
+    labeler.estimate()
     batch = weights(torch.arange(len(labels)))
     mean_weight = [float(batch[labels == c].mean()) for c in range(3)]
     assert mean_weight[0] < mean_weight[1] < mean_weight[2], mean_weight
     assert float(batch.mean()) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_bank_weights_follow_the_formula_against_the_dataset_reference():
+def test_density_weights_follow_the_formula_against_the_dataset_reference():
     features, labels = _long_tailed_mixture(seed=3)
-    weights = KNNDensityWeights(len(labels) + 10, features.shape[1], k=4, beta=0.7, max_weight=3.0)
+    labeler, weights = _density_weights(len(labels) + 10, features.shape[1], alpha=0.7, max_weight=3.0,
+                                        num_neighbors=4)
     index = torch.arange(len(labels))
-    weights.update(index, features)
-    assert weights(index[:5]).tolist() == [1.0] * 5  # plain SAM before the first refresh
-    weights.refresh()
+    labeler.update(index, features)
+    assert weights(index[:5]).tolist() == [1.0] * 5  # plain SAM before the first estimate
+    labeler.estimate()
     log_density = _brute_force_log_density(features, 4, "exponential", 0.1)
     batch_index = torch.tensor([0, 130, 150, 155, len(labels) + 3])  # the last was never seen
     batch_log_density = torch.cat([log_density[batch_index[:4]], log_density.mean().reshape(1)])
@@ -80,39 +95,28 @@ def test_bank_weights_follow_the_formula_against_the_dataset_reference():
     torch.testing.assert_close(weights(batch_index), (raw / raw.mean()).float())
 
 
-def test_inverse_density_weights_are_mean_one_and_clip():
-    log_density = torch.tensor([0.0, -1.0, -10.0, 5.0])
-    weights = inverse_density_weights(log_density, beta=1.0, max_weight=4.0)
-    assert float(weights.mean()) == pytest.approx(1.0)
-    relative = torch.exp(-(log_density - log_density.mean())).clamp(0.25, 4.0)
-    torch.testing.assert_close(weights, relative / relative.mean())
-    assert inverse_density_weights(log_density, beta=0.0).tolist() == [1.0] * 4
-
-
-def test_state_dict_round_trip():
+def test_density_state_round_trip():
     features, labels = _long_tailed_mixture(seed=4)
-    weights = KNNDensityWeights(len(labels), features.shape[1], k=3)
-    weights.update(torch.arange(len(labels)), features)
-    weights.refresh()
-    restored = KNNDensityWeights(len(labels), features.shape[1], k=3)
-    restored.load_state_dict(weights.state_dict())
+    labeler, weights = _density_weights(len(labels), features.shape[1], num_neighbors=3)
+    labeler.update(torch.arange(len(labels)), features)
+    labeler.estimate()
+    restored_labeler, restored = _density_weights(len(labels), features.shape[1], num_neighbors=3)
+    restored_labeler.load_state_dict(labeler.state_dict())
     index = torch.tensor([3, 140, 155])
     torch.testing.assert_close(restored(index), weights(index))
-    with pytest.raises(ValueError, match="missing"):
-        restored.load_state_dict({"bank": weights.bank})
     with pytest.raises(ValueError, match="shape"):
-        KNNDensityWeights(5, features.shape[1]).load_state_dict(weights.state_dict())
+        _density_weights(5, features.shape[1])[0].load_state_dict(labeler.state_dict())
 
 
 def test_frequency_weights_reuse_the_sample_reweighter():
     features, labels = _long_tailed_mixture(seed=5)
-    labeler = PseudoLabeler(len(labels), features.shape[1], num_clusters=3, warmup_epochs=0, num_threads=1)
+    labeler = PseudoLabeler(len(labels), features.shape[1], ClusterSizeEstimator(3), warmup_epochs=1, num_threads=1)
     reweighter = SampleReweighter(alpha=0.5, max_weight=10.0)
     weights = FrequencyWeights(labeler, reweighter)
     index = torch.tensor([0, 1, 125, 155])
-    assert weights(index).tolist() == [1.0] * 4  # before the first clustering
+    assert weights(index).tolist() == [1.0] * 4  # before the first estimate
     labeler.update(torch.arange(len(labels)), features)
-    labeler.maybe_recluster(epoch=0)
+    labeler.end_epoch(epoch=0)
     expected = reweighter(labeler.frequency(index), labeler.frequency_reference())
     torch.testing.assert_close(weights(index), expected / expected.mean())
     assert float(weights(index).mean()) == pytest.approx(1.0)
@@ -120,26 +124,13 @@ def test_frequency_weights_reuse_the_sample_reweighter():
 
 def test_invalid_arguments_name_themselves():
     features = torch.randn(10, 3)
-    with pytest.raises(ValueError, match="k must"):
-        knn_log_density(features, k=0)
-    with pytest.raises(ValueError, match="needs more than"):
+    with pytest.raises(ValueError, match="k=10 neighbours need more than 10 points"):
         knn_log_density(features, k=10)
-    with pytest.raises(ValueError, match="kernel"):
-        knn_log_density(features, kernel="gaussian")
-    with pytest.raises(ValueError, match="bandwidth"):
-        knn_log_density(features, bandwidth=0.0)
     with pytest.raises(ValueError, match="NaN"):
         knn_log_density(torch.full((10, 3), float("nan")))
-    with pytest.raises(ValueError, match="beta"):
-        KNNDensityWeights(10, 3, beta=-1.0)
-    with pytest.raises(ValueError, match="max_weight"):
-        KNNDensityWeights(10, 3, max_weight=0.5)
-    weights = KNNDensityWeights(10, 3, k=3)
-    with pytest.raises(ValueError, match="columns"):
-        weights.update(torch.arange(2), torch.randn(2, 4))
-    with pytest.raises(ValueError, match="index must lie"):
-        weights.update(torch.tensor([0, 10]), torch.randn(2, 3))
-    with pytest.raises(ValueError, match="refresh"):
-        weights.refresh()
+    with pytest.raises(ValueError, match="bandwidth"):
+        KNNDensityEstimator(bandwidth=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        SampleReweighter(alpha=-1.0)
     with pytest.raises(TypeError, match="pseudo_labeler"):
-        FrequencyWeights(weights)
+        FrequencyWeights(SampleReweighter())

@@ -93,7 +93,7 @@ def _single_moco(world_size):
     model = workers.make_encoder(seed=0)
     momentum_encoder = workers.make_encoder(seed=1)
     criterion = TASEContrastiveLoss(
-        queue_size=workers.QUEUE_SIZE, embedding_dim=workers.EMBEDDING_DIM
+        queue_size=workers.QUEUE_SIZE, feature_dim=workers.EMBEDDING_DIM
     ).double()
     steps = []
     for step, sizes in enumerate(workers.STEP_SIZES[world_size]):
@@ -223,19 +223,21 @@ def test_moco_functional_gathers_key_gradients_across_ranks(ranks):
         )
 
 
-def test_pseudo_labeler_is_bit_identical_on_every_rank_and_to_one_process(ranks):
+@pytest.mark.parametrize("estimator", sorted(workers.LABELER_ESTIMATORS))
+def test_pseudo_labeler_is_bit_identical_on_every_rank_and_to_one_process(ranks, estimator):
+    """Bank, estimates and the guidance tables built from them, under 2 and 3 gloo processes."""
     world_size, results = ranks
-    single = workers.make_labeler(world_size, gather_distributed=False)
+    single = workers.make_labeler(world_size, gather_distributed=False, estimator=estimator)
     for epoch in range(workers.LABELER_EPOCHS):
         for index, features in workers.labeler_batches(epoch, world_size):
             single.update(index, features)
-        assert single.maybe_recluster(epoch)
+        assert single.end_epoch(epoch)
         expected = workers.labeler_state(single)
         assert expected["has_estimate"].all()
         # More than one cluster size: the estimates carry information.
         assert expected["frequency"].unique().numel() > 1
         for result in results:
-            observed = result["labeler"][epoch]
+            observed = result["labeler"][estimator][epoch]
             for name, value in expected.items():
                 if isinstance(value, torch.Tensor):
                     assert observed[name].dtype == value.dtype, name

@@ -30,4 +30,4 @@ def test_ddp_simclr_example_runs_under_torchrun():
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
     lines = [line for line in finished.stdout.splitlines() if line.startswith("epoch")]
-    assert len(lines) == 2 and "re-clustered" in lines[1], finished.stdout
+    assert len(lines) == 2 and "re-estimated" in lines[1], finished.stdout

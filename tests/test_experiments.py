@@ -16,14 +16,15 @@ from tase_loss.experiments import cli
 from tase_loss.experiments.data import DataError, group_classes, load_npz, long_tailed_counts
 from tase_loss.experiments.encoders import build_model
 from tase_loss.experiments.evaluation import (
+    frequency_quality,
     group_accuracies,
     knn_predict,
     linear_probe,
     per_class_accuracy,
-    pseudo_label_diagnostics,
 )
 from tase_loss.experiments.methods import METHODS, MethodContext, MethodSettings, build_method
-from tase_loss.experiments.training import TrainingConfig, train
+from tase_loss.experiments.methods.contrastive import MoCoSettings, TASESettings
+from tase_loss.experiments.training import TrainingConfig, to_device_images, train
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +55,16 @@ def _run_main(capsys, arguments):
     "arguments, fragment",
     [
         (["--data", "/no/such/file.npz"], "no such file or folder"),
-        (["--losses", "ntxent,not-a-loss"], "unknown loss not-a-loss"),
+        (["--methods", "ntxent,not-a-method"], "unknown method not-a-method"),
+        (["--ratio", "0"], "argument --ratio: must be a finite number >= 1 and <= 130, got '0'"),
+        (["--ratio", "-1"], "argument --ratio"),
+        (["--ratio", "nan"], "argument --ratio"),
+        (["--ratio", "inf"], "argument --ratio"),
+        (["--temperature", "0"], "argument --temperature"),
+        (["--momentum", "1"], "argument --momentum"),
+        (["--temperature", "0.02", "--min-temperature", "0.05"], "min_temperature"),
+        (["--estimator", "k-means"], "argument --estimator: invalid choice"),
+        (["--resume-anyway"], "--resume-anyway needs --resume"),
         (["--epochs", "0"], "--epochs"),
         (["--seeds", "a,b"], "comma-separated integers"),
         (["--encoder", "vgg"], "unknown encoder"),
@@ -99,14 +109,14 @@ def test_cli_missing_array_and_probe(capsys, tmp_path):
 
 def test_module_entry_point_error_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "tase_loss.experiments", "--losses", "nope"],
+        [sys.executable, "-m", "tase_loss.experiments", "--methods", "nope"],
         cwd=REPOSITORY, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": REPOSITORY},
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"tase-experiment: error: unknown loss nope; choose from {', '.join(sorted(METHODS))}"
+        f"tase-experiment: error: unknown method nope; choose from {', '.join(sorted(METHODS))}"
     ]
 
 
@@ -121,8 +131,8 @@ def test_core_import_does_not_load_optional_dependencies():
     assert result.stdout.strip() == "[]"
 
 
-def test_list_losses(capsys):
-    assert cli.main(["--list-losses"]) == 0
+def test_list_methods(capsys):
+    assert cli.main(["--list-methods"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == sorted(METHODS)
     assert {"ntxent", "tase", "tase-temperature", "tase-reweight", "tase-oracle", "moco-tase", "byol-tase"} <= set(
@@ -220,44 +230,64 @@ def test_linear_probe_is_deterministic_and_separates():
     assert (linear_probe(features, labels, features) == first).all()
 
 
-def test_pseudo_label_diagnostics_perfect_and_shuffled():
+def test_frequency_quality_perfect_flat_and_scaled():
     labels = np.repeat(np.arange(3), [6, 3, 1])
-    frequency = (np.bincount(labels) / labels.size)[labels]
+    truth = np.log(np.bincount(labels)[labels] / labels.size)
     groups = {"many": [0], "medium": [1], "few": [2]}
-    perfect = pseudo_label_diagnostics(labels + 5, frequency, labels, groups)
-    assert perfect["nmi"] == pytest.approx(1.0)
-    assert perfect["frequency_spearman"] == pytest.approx(1.0)
-    assert perfect["frequency_few_over_many"] == pytest.approx(0.1 / 0.6)
-    flat = pseudo_label_diagnostics(np.zeros(10, int), np.full(10, 1.0), labels, groups)
-    assert flat["nmi"] == pytest.approx(0.0) and flat["frequency_few_over_many"] == pytest.approx(1.0)
-    assert np.isnan(flat["frequency_spearman"])
+    perfect = frequency_quality(truth, labels, groups, labels + 5)
+    assert perfect["nmi"] == pytest.approx(1.0) and perfect["spearman"] == pytest.approx(1.0)
+    assert perfect["gap_recovered"] == pytest.approx(1.0)
+    assert perfect["few_over_many"] == pytest.approx(0.1 / 0.6)
+    half = frequency_quality(0.5 * truth, labels, groups)
+    assert half["gap_recovered"] == pytest.approx(0.5) and half["spearman"] == pytest.approx(1.0)
+    assert half["nmi"] is None
+    flat = frequency_quality(np.zeros(10), labels, groups, np.zeros(10, int))
+    assert flat["nmi"] == pytest.approx(0.0) and flat["few_over_many"] == pytest.approx(1.0)
+    assert flat["spearman"] is None and flat["gap_recovered"] == pytest.approx(0.0)
+
+
+def test_images_live_on_the_device_as_uint8_when_exact():
+    pixels = np.arange(12, dtype=np.uint8).reshape(1, 1, 3, 4)
+    assert to_device_images(pixels / 255.0, torch.device("cpu")).dtype == torch.uint8
+    assert torch.equal(to_device_images(pixels / 255.0, torch.device("cpu")), torch.from_numpy(pixels))
+    assert to_device_images(np.full((1, 1, 2, 2), 0.3, np.float32), torch.device("cpu")).dtype == torch.float32
+
+
+def test_test_split_without_a_class_is_a_clear_error(tmp_path):
+    path = _write_npz(tmp_path / "lt.npz", y_test=np.arange(12) % 2)
+    with pytest.raises(DataError, match=r"the test split has no image of classes \[2\]"):
+        load_npz(path)
 
 
 # --- training: checkpoint/resume equals an uninterrupted run -----------------------------------
 
 
-def _train_tiny(loss, tmp_path, name, stop_after=None, epochs=3):
+def _settings(**tase):
+    return MethodSettings(tase=TASESettings(**{"num_clusters": (4,), "warmup_epochs": 1, **tase}),
+                          moco=MoCoSettings(queue_size=64))
+
+
+def _train_tiny(method_name, tmp_path, name, stop_after=None, epochs=3, settings=None):
     torch.manual_seed(0)
     images = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     model = build_model("digits-cnn", 1, projection_dim=16)
-    settings = MethodSettings(num_clusters=(4,), warmup_epochs=0, queue_size=64)
-    method = build_method(loss, MethodContext(40, 0, torch.device("cpu"), settings=settings), model)
+    method = build_method(method_name, MethodContext(40, 0, torch.device("cpu"), settings or _settings()), model)
     from tase_loss.experiments.augmentations import simclr_augmentation
 
     config = TrainingConfig(
         epochs=epochs, batch_size=16, checkpoint_path=str(tmp_path / f"{name}.pt"),
-        stop_after_epochs=stop_after, progress=False,
+        stop_after_epochs=stop_after, progress=False, settings={"method": method_name},
     )
     history = train(model, method, images, simclr_augmentation(8, 1), config)
     return model, method, history, config
 
 
-@pytest.mark.parametrize("loss", ["tase", "moco-tase", "byol-tase"])
-def test_resume_matches_uninterrupted_run(tmp_path, loss):
-    full_model, full_method, full_history, _ = _train_tiny(loss, tmp_path, "full")
-    _train_tiny(loss, tmp_path, "split", stop_after=1)
+@pytest.mark.parametrize("method_name", ["tase", "moco-tase", "byol-tase"])
+def test_resume_matches_uninterrupted_run(tmp_path, method_name):
+    full_model, full_method, full_history, _ = _train_tiny(method_name, tmp_path, "full")
+    _train_tiny(method_name, tmp_path, "split", stop_after=1)
     # a fresh process would build new objects from scratch: do the same here
-    resumed_model, resumed_method, resumed_history, _ = _train_tiny(loss, tmp_path, "split")
+    resumed_model, resumed_method, resumed_history, _ = _train_tiny(method_name, tmp_path, "split")
     assert len(resumed_history) == len(full_history) == 3
     assert [record["loss"] for record in resumed_history] == [record["loss"] for record in full_history]
     for (name, value), (_, other) in zip(full_model.state_dict().items(), resumed_model.state_dict().items()):
@@ -266,7 +296,24 @@ def test_resume_matches_uninterrupted_run(tmp_path, loss):
     for name, value in full_state["module"].items():
         assert torch.equal(value, resumed_state["module"][name]), name
     assert torch.equal(full_method.labeler.log_frequency, resumed_method.labeler.log_frequency)
-    assert full_method.labeler.num_fits == resumed_method.labeler.num_fits == 3
+    assert full_method.labeler.num_estimates == resumed_method.labeler.num_estimates == 3
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    from tase_loss.experiments.training import CheckpointError
+
+    _train_tiny("tase", tmp_path, "run", stop_after=1)
+    with pytest.raises(CheckpointError, match=r"other settings \(method: 'tase' -> 'ntxent'\)"):
+        _train_tiny("ntxent", tmp_path, "run")
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot resume from .*broken.pt"):
+        _train_tiny("tase", tmp_path, "broken")
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    _, _, _, config = _train_tiny("moco-tase", tmp_path, "safe", epochs=2)
+    state = torch.load(config.checkpoint_path, weights_only=True)
+    assert state["epoch"] == 2 and state["settings"] == {"method": "moco-tase"}
 
 
 def test_tase_method_reports_sample_statistics(tmp_path):
@@ -274,16 +321,16 @@ def test_tase_method_reports_sample_statistics(tmp_path):
     statistics = method.sample_statistics()
     assert set(statistics) == {"frequency", "temperature", "weight"}
     assert statistics["temperature"].shape == (40,)
-    assert "reclustered" in history[0]
+    assert "estimated" in history[0] and history[0]["seconds"] > 0
     _, plain, _, _ = _train_tiny("ntxent", tmp_path, "plain", epochs=1)
     assert plain.sample_statistics() == {}
 
 
 def test_ablation_methods_switch_one_mechanism_off():
     model = build_model("digits-cnn", 1, projection_dim=16)
-    context = MethodContext(40, 0, torch.device("cpu"), settings=MethodSettings(num_clusters=(4,)))
-    temperature_only = build_method("tase-temperature", context, model)
-    weight_only = build_method("tase-reweight", context, model)
+    context = MethodContext(40, 0, torch.device("cpu"), _settings())
+    temperature_only = build_method("tase-temperature", context, model).guidance
+    weight_only = build_method("tase-reweight", context, model).guidance
     frequency = torch.tensor([0.5, 0.05])
     assert temperature_only.reweighter(frequency).tolist() == [1.0, 1.0]
     assert weight_only.temperature_map(frequency).tolist() == pytest.approx([0.2, 0.2])
@@ -293,37 +340,107 @@ def test_ablation_methods_switch_one_mechanism_off():
 def test_oracle_method_uses_true_class_frequencies():
     model = build_model("digits-cnn", 1, projection_dim=16)
     labels = np.array([0] * 6 + [1] * 3 + [2])
-    settings = MethodSettings(num_clusters=(2,), warmup_epochs=1)
-    method = build_method("tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings=settings,
-                                                       train_labels=labels), model)
+    settings = _settings(num_clusters=(2,), warmup_epochs=2)
+    method = build_method("tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings, train_labels=labels),
+                          model)
     assert method.on_epoch_end(0) == {} and method.sample_statistics() == {}
-    assert method.on_epoch_end(1) == {"reclustered": 1.0}
+    assert method.on_epoch_end(1) == {"estimated": 1.0}
     statistics = method.sample_statistics()
     np.testing.assert_allclose(statistics["frequency"], [0.6] * 6 + [0.3] * 3 + [0.1], rtol=1e-6)
     assert statistics["weight"][-1] > statistics["weight"][0]
     assert statistics["temperature"][-1] < statistics["temperature"][0]
     with pytest.raises(ValueError, match="true training labels"):
-        build_method("tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings=settings), model)
+        build_method("tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings), model)
+
+
+def _part(method, accuracies, seeds=None):
+    dataset = {"name": "toy", "class_counts": [2, 1, 1]}
+    runs = [{"method": method, "seed": seed, "linear": {"all": value}, "knn": {"all": value}}
+            for seed, value in zip(seeds or range(len(accuracies)), accuracies)]
+    return {"dataset": dataset, "config": {}, "runs": runs}
 
 
 def test_merge_results_resummarizes_and_refuses_partial():
     from tase_loss.experiments.runner import merge_results
 
-    dataset = {"name": "toy", "class_counts": [2, 1, 1]}
-
-    def part(loss, accuracies):
-        runs = [{"loss": loss, "seed": seed, "linear": {"all": value}, "knn": {"all": value}}
-                for seed, value in enumerate(accuracies)]
-        return {"dataset": dataset, "config": {}, "runs": runs}
-
-    merged = merge_results([part("ntxent", [0.5, 0.7]), part("tase", [0.6])])
+    merged = merge_results([_part("ntxent", [0.5, 0.7]), _part("tase", [0.6])])
     assert list(merged["summary"]) == ["ntxent", "tase"]
     assert merged["summary"]["ntxent"]["all"]["mean"] == pytest.approx(0.6)
     assert merged["summary"]["ntxent"]["all"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     with pytest.raises(ValueError, match="unfinished"):
         merge_results([{"partial": True, "runs": []}])
     with pytest.raises(ValueError, match="different datasets"):
-        merge_results([part("ntxent", [0.5]), {**part("tase", [0.6]), "dataset": {"name": "other"}}])
+        merge_results([_part("ntxent", [0.5]), {**_part("tase", [0.6]), "dataset": {"name": "other"}}])
+
+
+def test_paired_differences_match_seed_by_seed():
+    from tase_loss.experiments.runner import paired_differences
+
+    runs = _part("ntxent", [0.50, 0.70, 0.60])["runs"] + _part("tase", [0.55, 0.68], seeds=[0, 1])["runs"]
+    difference = paired_differences(runs, ["ntxent", "tase"])["tase"]["all"]
+    assert difference["per_seed"] == pytest.approx({"0": 0.05, "1": -0.02})
+    assert difference["mean"] == pytest.approx(0.015) and difference["n"] == 2
+    assert difference["std"] == pytest.approx(np.std([0.05, -0.02], ddof=1))
+
+
+def test_strict_json_replaces_nan_with_null_and_warns(tmp_path):
+    from tase_loss.experiments.reporting import write_json
+
+    path = tmp_path / "results.json"
+    with pytest.warns(UserWarning, match=r"results.runs\[0\].value"):
+        write_json({"runs": [{"value": float("nan")}]}, str(path))
+    assert json.loads(path.read_text()) == {"runs": [{"value": None}]}
+
+
+# --- the suite: equal epochs under a budget, parallel jobs --------------------------------------
+
+
+def test_budget_plan_gives_every_method_the_same_epochs():
+    from tase_loss.experiments.suite import plan_budget
+
+    seconds = {"ntxent": 1.0, "tase": 1.5, "tase-oracle": 1.5, "ts": 1.0, "rwsam": 2.0}
+    plan = plan_budget(seconds, num_seeds=2, budget_seconds=700.0)
+    # one lane: 2 seeds x 7 s per epoch of all five = 14 s per epoch -> 50 epochs
+    assert plan.methods == tuple(seconds) and plan.epochs == 50 and plan.dropped == ()
+    parallel = plan_budget(seconds, num_seeds=2, budget_seconds=700.0, parallel=4)
+    assert parallel.epochs > plan.epochs and parallel.estimated_seconds <= 700.0
+    # 270 s fit 19 epochs of all five (< 20): rwSAM goes, the other four get 270 / 10 = 27
+    short = plan_budget(seconds, num_seeds=2, budget_seconds=270.0, min_epochs=20)
+    assert short.dropped == ("rwsam",) and short.epochs == 27 and "rwsam" not in short.methods
+    shorter = plan_budget(seconds, num_seeds=2, budget_seconds=170.0, min_epochs=20)
+    assert shorter.dropped == ("rwsam", "ts") and shorter.epochs == 21
+    with pytest.raises(ValueError, match="raise --budget-minutes"):
+        plan_budget(seconds, num_seeds=2, budget_seconds=10.0, min_epochs=20)
+    assert plan_budget(seconds, 2, 700.0, max_epochs=30).epochs == 30
+
+
+@pytest.mark.slow
+def test_parallel_jobs_merge_into_one_table(tmp_path):
+    output = tmp_path / "suite"
+    result = subprocess.run(
+        [sys.executable, "-m", "tase_loss.experiments", "--methods", "ntxent,tase", "--seeds", "0",
+         "--epochs", "2", "--warmup-epochs", "1", "--parallel", "2", "--output", str(output)],
+        cwd=REPOSITORY, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": REPOSITORY},
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads((output / "results.json").read_text())
+    assert set(results["summary"]) == {"ntxent", "tase"} and "tase" in results["differences"]
+    assert (output / "jobs" / "tase_seed0" / "results.json").exists()
+    assert "epoch 2/2" in (output / "jobs" / "tase_seed0" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_budget_suite_times_the_methods_and_gives_equal_epochs(capsys, tmp_path):
+    output = str(tmp_path / "budget")
+    code = cli.main(["--budget-minutes", "1.5", "--methods", "ntxent,tase", "--seeds", "0", "--min-epochs", "2",
+                     "--no-progress", "--no-checkpoints", "--output", output])
+    assert code == 0, capsys.readouterr().err
+    with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
+        results = json.load(handle)
+    plan = results["budget"]["plan"]
+    assert set(results["budget"]["epoch_seconds"]) == {"ntxent", "tase"}
+    assert {run["epochs_completed"] for run in results["runs"]} == {plan["epochs"]} and plan["epochs"] >= 2
+    assert not os.path.exists(os.path.join(output, "checkpoints"))
 
 
 # --- recipes in examples/ run a few steps ------------------------------------------------------
@@ -346,8 +463,8 @@ def _load_example(name):
     ],
 )
 def test_recipe_runs_through_the_tase_phase(name, arguments):
-    # 4 batches per epoch: steps 5-6 run after the first clustering, i.e. with TASE active
-    loss = _load_example(name).main(**arguments, epochs=2, warmup_epochs=0, max_steps=6)
+    # 4 batches per epoch: steps 5-6 run after the first estimate, i.e. with TASE active
+    loss = _load_example(name).main(**arguments, epochs=2, warmup_epochs=1, max_steps=6)
     assert np.isfinite(loss)
 
 
@@ -357,7 +474,7 @@ def test_recipe_runs_through_the_tase_phase(name, arguments):
 @pytest.mark.slow
 def test_embedded_default_end_to_end(capsys, tmp_path):
     output = str(tmp_path / "out")
-    code = cli.main(["--epochs", "2", "--warmup-epochs", "0", "--seeds", "0,1", "--no-progress", "--output", output])
+    code = cli.main(["--epochs", "2", "--warmup-epochs", "1", "--seeds", "0,1", "--output", output])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "Many" in captured.out and "Few" in captured.out and "ntxent (2 seeds)" in captured.out
@@ -366,6 +483,40 @@ def test_embedded_default_end_to_end(capsys, tmp_path):
     assert set(results["summary"]) == {"ntxent", "tase"}
     assert results["dataset"]["class_counts"] == [130, 100, 77, 60, 46, 36, 28, 21, 16, 13]
     assert len(results["runs"]) == 4
-    tase_run = next(run for run in results["runs"] if run["loss"] == "tase")
-    assert "temperature" in tase_run["sample_statistics"] and "nmi" in tase_run["history"][-1]
+    tase_run = next(run for run in results["runs"] if run["method"] == "tase")
+    assert "temperature" in tase_run["sample_statistics"] and "spearman" in tase_run["history"][-1]
+    assert "tase - ntxent (paired, 2)" in captured.out and set(results["differences"]) == {"tase"}
+    # not a terminal: one plain progress line per epoch, no progress-bar redraws
+    assert "ntxent seed 0 epoch 2/2: loss" in captured.err and "\r" not in captured.err
     assert os.path.getsize(os.path.join(output, "results.png")) > 10_000
+
+
+def test_cli_resume_continues_and_refuses_changed_settings(capsys, tmp_path):
+    output = str(tmp_path / "resume")
+    common = ["--methods", "moco-tase", "--seeds", "0", "--epochs", "3", "--warmup-epochs", "1",
+              "--checkpoint-every", "1", "--no-progress", "--output", output]
+    assert cli.main([*common, "--stop-after-epochs", "1"]) == 0
+    checkpoint = os.path.join(output, "checkpoints", "moco-tase_seed0.pt")
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    capsys.readouterr()
+    code, lines = _run_main(capsys, [*common, "--resume", "--queue-size", "512"])
+    assert code == 2 and len(lines) == 1, lines
+    assert "settings.moco.queue_size: 4096 -> 512" in lines[0] and "--resume-anyway" in lines[0]
+    assert not os.path.exists(os.path.join(output, "results.json")) or "partial" not in open(
+        os.path.join(output, "results.json"), encoding="utf-8").read()
+    assert cli.main([*common, "--resume"]) == 0
+    with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["runs"][0]["epochs_completed"] == 3
+
+
+def test_cli_output_under_a_file_and_a_corrupt_checkpoint_are_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, lines = _run_main(capsys, ["--output", str(blocker / "out"), "--epochs", "1"])
+    assert code == 2 and len(lines) == 1 and "--output" in lines[0], lines
+    output = tmp_path / "corrupt"
+    (output / "checkpoints").mkdir(parents=True)
+    (output / "checkpoints" / "ntxent_seed0.pt").write_bytes(b"\x00garbage")
+    code, lines = _run_main(capsys, ["--methods", "ntxent", "--seeds", "0", "--epochs", "1", "--resume",
+                                     "--output", str(output)])
+    assert code == 2 and len(lines) == 1 and "cannot resume from" in lines[0], lines

@@ -9,8 +9,11 @@ from torch import nn
 
 from tase_loss import (
     CosineTemperatureSchedule,
-    KNNDensityWeights,
+    FrequencyWeights,
+    KNNDensityEstimator,
+    PseudoLabeler,
     RwSAM,
+    SampleReweighter,
     TASEContrastiveLoss,
     rwsam_step,
 )
@@ -42,13 +45,15 @@ def test_rwsam_recipe_runs_and_upweights_the_sparse_samples():
     criterion = TASEContrastiveLoss(temperature=0.2)
     optimizer = RwSAM(model.parameters(), torch.optim.SGD, rho=0.5, adaptive=True,
                       lr=0.05, momentum=0.9, weight_decay=5e-4)
-    density = KNNDensityWeights(NUM_SAMPLES, FEATURES, k=5, bandwidth=0.1, beta=1.0)
-    warmup_epochs = 1
+    density = PseudoLabeler(NUM_SAMPLES, FEATURES, KNNDensityEstimator(5, kernel="exponential", bandwidth=0.1,
+                                                                     smoothing_rounds=0),
+                            warmup_epochs=1, momentum=0.0)
+    weights = FrequencyWeights(density, SampleReweighter(alpha=1.0))
     losses = []
     for epoch in range(3):
         for view0, view1, index in _batches(data, epoch):
             # --- per batch (recipe) ---
-            weight = density(index).to(view0.device)  # all ones before the first refresh
+            weight = weights(index).to(view0.device)  # all ones before the first estimate
             stored = {}
 
             def compute_loss(batch_weight):
@@ -61,11 +66,10 @@ def test_rwsam_recipe_runs_and_upweights_the_sparse_samples():
             density.update(index, stored["features"])
             losses.append(float(loss))
         # --- per epoch (recipe) ---
-        if epoch + 1 >= warmup_epochs:
-            density.refresh()
+        density.end_epoch(epoch)  # re-estimates every epoch once the warm-up is over
     assert all(torch.isfinite(torch.tensor(losses)))
-    weights = density(torch.arange(NUM_SAMPLES))
-    assert float(weights[80:].mean()) > float(weights[:80].mean())
+    final = weights(torch.arange(NUM_SAMPLES))
+    assert float(final[80:].mean()) > float(final[:80].mean())
     # BatchNorm saw one update per batch: pass 1's two forwards, pass 2 frozen.
     assert int(backbone[1].num_batches_tracked) == 3 * (NUM_SAMPLES // BATCH) * 2
 
@@ -74,7 +78,7 @@ def test_ts_recipe_follows_the_schedule_each_epoch():
     backbone, head, data = _toy_setup(seed=1)
     model = nn.Sequential(backbone, head)
     # --- set-up (recipe) ---
-    schedule = CosineTemperatureSchedule(t_lo=0.1, t_hi=1.0, period=4)
+    schedule = CosineTemperatureSchedule(min_temperature=0.1, max_temperature=1.0, period=4)
     criterion = TASEContrastiveLoss(temperature=schedule(0))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     temperatures = []

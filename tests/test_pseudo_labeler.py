@@ -1,4 +1,4 @@
-"""PseudoLabeler: recovers planted long-tailed clusters, is deterministic and resumes exactly."""
+"""PseudoLabeler: schedule, moving average, neutral value, determinism, exact resume, ensembles."""
 
 import faiss
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import homogeneity_score
 
-from tase_loss import PseudoLabeler
+from tase_loss import ClusterSizeEstimator, KNNDensityEstimator, MomentumLossEstimator, NotFittedError, PseudoLabeler
 
 SIZES = [800, 300, 110, 40, 15]
 
@@ -20,18 +20,18 @@ def _long_tailed_mixture(seed=0, dim=16):
     return features[order], labels[order]
 
 
-def _fitted(features, **options):
-    labeler = PseudoLabeler(len(features), features.shape[1], warmup_epochs=0, **options)
+def _fitted(features, estimator=None, **options):
+    labeler = PseudoLabeler(len(features), features.shape[1], estimator, warmup_epochs=1, **options)
     for batch in torch.arange(len(features)).split(128):
         labeler.update(batch, features[batch])
-    labeler.recluster()
+    labeler.estimate()
     return labeler
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_recovers_planted_clusters_and_ranks_tail_below_head(seed):
+def test_cluster_sizes_recover_planted_clusters_and_rank_tail_below_head(seed):
     features, labels = _long_tailed_mixture()
-    labeler = _fitted(features, num_clusters=5, seed=seed)
+    labeler = _fitted(features, ClusterSizeEstimator(num_clusters=5), seed=seed)
     # k-means on long-tailed data splits the head and merges the rarest tail into a
     # neighbour (NMI about 0.8 here), but every cluster it finds is one planted cluster.
     assert homogeneity_score(labels.numpy(), labeler.labels.numpy()) > 0.9
@@ -45,33 +45,34 @@ def test_recovers_planted_clusters_and_ranks_tail_below_head(seed):
 
 def test_deterministic_under_a_seed():
     features, _ = _long_tailed_mixture(seed=1)
-    first = _fitted(features, num_clusters=(4, 6), seed=3)
-    second = _fitted(features, num_clusters=(4, 6), seed=3)
-    assert torch.equal(first.labels, second.labels)
-    assert torch.equal(first.log_frequency, second.log_frequency)
+    for estimator in (ClusterSizeEstimator((4, 6)), KNNDensityEstimator()):
+        first = _fitted(features, estimator, seed=3)
+        second = _fitted(features, estimator, seed=3)
+        assert torch.equal(first.labels, second.labels)
+        assert torch.equal(first.log_frequency, second.log_frequency)
 
 
 def test_ensemble_is_the_geometric_mean_of_its_members():
     features, _ = _long_tailed_mixture(seed=2)
-    ensemble = _fitted(features, num_clusters=(4, 7), seed=5)
-    member_a = _fitted(features, num_clusters=4, seed=5)
-    member_b = _fitted(features, num_clusters=7, seed=6)
+    ensemble = _fitted(features, ClusterSizeEstimator((4, 7)), seed=5)
+    member_a = _fitted(features, ClusterSizeEstimator(4), seed=5)
+    member_b = _fitted(features, ClusterSizeEstimator(7), seed=6)
     expected = 0.5 * (member_a.log_frequency + member_b.log_frequency)
     torch.testing.assert_close(ensemble.log_frequency, expected, rtol=0, atol=1e-12)
     assert torch.equal(ensemble.labels, member_a.labels)
 
 
-def test_frequency_is_cluster_share_and_smoothed_across_fits():
+def test_frequency_is_cluster_share_and_smoothed_across_estimates():
     features, _ = _long_tailed_mixture(seed=3)
-    labeler = _fitted(features, num_clusters=5, momentum=0.75)
+    labeler = _fitted(features, ClusterSizeEstimator(5), momentum=0.75)
     counts = torch.bincount(labeler.labels, minlength=5).double()
     first = labeler.log_frequency.clone()
     torch.testing.assert_close(first, (counts[labeler.labels] / len(features)).log())
-    labeler.recluster()  # same bank, same seed: same clustering, so the EMA is a fixed point
+    labeler.estimate()  # same bank, same seed: same clustering, so the EMA is a fixed point
     torch.testing.assert_close(labeler.log_frequency, first)
     moved = features.roll(1, dims=1)
     labeler.update(torch.arange(len(features)), moved)
-    labeler.recluster()
+    labeler.estimate()
     counts = torch.bincount(labeler.labels, minlength=5).double()
     latest = (counts[labeler.labels] / len(features)).log()
     torch.testing.assert_close(labeler.log_frequency, 0.75 * first + 0.25 * latest)
@@ -79,47 +80,90 @@ def test_frequency_is_cluster_share_and_smoothed_across_fits():
 
 def test_unseen_samples_get_the_neutral_geometric_mean():
     features, _ = _long_tailed_mixture(seed=4)
-    labeler = PseudoLabeler(len(features) + 10, features.shape[1], num_clusters=5, warmup_epochs=0)
+    labeler = PseudoLabeler(len(features) + 10, features.shape[1], ClusterSizeEstimator(5), warmup_epochs=1)
     labeler.update(torch.arange(len(features)), features)
-    labeler.recluster()
+    labeler.estimate()
     neutral = labeler.frequency(torch.tensor([len(features) + 3]))
     expected = labeler.log_frequency[: len(features)].mean().exp()
     assert float(neutral) == pytest.approx(float(expected), rel=1e-6)
     assert int(labeler.labels[len(features) + 3]) == -1
 
 
-def test_schedule_warmup_and_period():
-    labeler = PseudoLabeler(10, 2, num_clusters=2, warmup_epochs=3, recluster_every=2)
-    assert [labeler.should_recluster(epoch) for epoch in range(8)] == [
-        False, False, False, True, False, True, False, True
+def test_warmup_counts_nt_xent_epochs_and_the_period():
+    # warmup_epochs=3: epochs 0, 1, 2 train NT-Xent; the first estimate ends epoch 2.
+    labeler = PseudoLabeler(10, 2, warmup_epochs=3, estimate_every=2)
+    assert [labeler.should_estimate(epoch) for epoch in range(8)] == [
+        False, False, True, False, True, False, True, False
     ]
+    with pytest.raises(ValueError, match="warmup_epochs must be an integer >= 1"):
+        PseudoLabeler(10, 2, warmup_epochs=0)
 
 
-def test_state_dict_round_trip_resumes_bit_identically():
+def test_a_run_that_ends_inside_the_warmup_warns():
+    labeler = PseudoLabeler(10, 2, warmup_epochs=5)
+    with pytest.warns(UserWarning, match="inside the pseudo-labeler's warm-up of 5"):
+        labeler.warn_if_unfitted(epochs=3)
+
+
+@pytest.mark.parametrize("estimator", [ClusterSizeEstimator((5, 3)), KNNDensityEstimator()])
+def test_state_dict_round_trip_resumes_bit_identically(estimator):
     features, _ = _long_tailed_mixture(seed=5)
     later = features.roll(2, dims=1)
     index = torch.arange(len(features))
 
-    straight = _fitted(features, num_clusters=(5, 3), seed=7, bank_dtype=torch.float16)
+    straight = _fitted(features, estimator, seed=7)
     straight.update(index[::2], later[::2])
-    straight.recluster()
+    straight.estimate()
 
-    interrupted = _fitted(features, num_clusters=(5, 3), seed=7, bank_dtype=torch.float16)
-    state = interrupted.state_dict()
-    resumed = PseudoLabeler(len(features), features.shape[1], num_clusters=(5, 3), seed=7,
-                            warmup_epochs=0, bank_dtype=torch.float16)
+    interrupted = _fitted(features, estimator, seed=7)
+    state = torch.load(_saved(interrupted.state_dict()), weights_only=True)
+    resumed = PseudoLabeler(len(features), features.shape[1], estimator, seed=7, warmup_epochs=1)
     resumed.load_state_dict(state)
     resumed.update(index[::2], later[::2])
-    resumed.recluster()
+    resumed.estimate()
 
     assert torch.equal(straight.labels, resumed.labels)
     assert torch.equal(straight.log_frequency, resumed.log_frequency)
-    assert torch.equal(straight.bank, resumed.bank)
-    assert straight.bank.dtype == torch.float16
+    assert torch.equal(straight.bank.features, resumed.bank.features)
+    assert straight.bank.features.dtype == torch.float16
+    assert resumed.version > 0 and resumed.num_estimates == straight.num_estimates
+
+
+def _saved(state):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def test_num_threads_is_applied_and_restored():
     before = faiss.omp_get_max_threads()
     features, _ = _long_tailed_mixture(seed=6)
-    _fitted(features, num_clusters=5, num_threads=1)
+    _fitted(features, ClusterSizeEstimator(5), num_threads=1)
     assert faiss.omp_get_max_threads() == before
+
+
+def test_estimating_an_empty_bank_or_too_few_samples_is_a_clear_error():
+    labeler = PseudoLabeler(100, 4, ClusterSizeEstimator(10))
+    with pytest.raises(NotFittedError, match="the bank is empty"):
+        labeler.estimate()
+    labeler.update(torch.arange(5), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="needs at least 10 samples, the bank holds 5"):
+        labeler.estimate()
+    assert not labeler.is_fitted
+    with pytest.raises(NotFittedError):
+        labeler.frequency_reference()
+
+
+def test_momentum_loss_estimator_reads_the_losses_it_was_given():
+    labeler = PseudoLabeler(4, 2, MomentumLossEstimator(), warmup_epochs=1, momentum=0.0)
+    with pytest.raises(ValueError, match="needs loss="):
+        labeler.update(torch.arange(4), torch.randn(4, 2))
+    assert labeler.bank.num_seen == 0  # the failed call stored nothing
+    labeler.update(torch.arange(4), torch.randn(4, 2), loss=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    labeler.estimate()
+    # the highest loss is the rarest sample: log f decreasing in the loss, top at 0
+    log_frequency = labeler.log_frequency
+    assert torch.all(log_frequency[:-1] > log_frequency[1:]) and float(log_frequency[0]) == 0.0

@@ -254,7 +254,7 @@ def _moco_setup(seed=7):
     torch.manual_seed(seed)
     encoder = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4)).double()
     momentum_encoder = copy.deepcopy(encoder).requires_grad_(False)
-    criterion = TASEContrastiveLoss(temperature=0.2, queue_size=16, embedding_dim=4).double()
+    criterion = TASEContrastiveLoss(temperature=0.2, queue_size=16, feature_dim=4).double()
     return encoder, momentum_encoder, criterion
 
 
@@ -283,7 +283,7 @@ def test_moco_queue_is_enqueued_once_and_both_passes_see_the_same_queue():
 
 
 def test_queue_frozen_context_reads_without_writing():
-    criterion = TASEContrastiveLoss(temperature=0.2, queue_size=8, embedding_dim=3)
+    criterion = TASEContrastiveLoss(temperature=0.2, queue_size=8, feature_dim=3)
     queries, keys = torch.randn(4, 3), torch.randn(4, 3)
     criterion(queries, keys)
     with criterion.queue_frozen():

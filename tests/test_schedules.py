@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tase_loss import (
+    ClusterSizeEstimator,
     CosineTemperatureSchedule,
     PseudoLabeler,
     TASEContrastiveLoss,
@@ -30,7 +31,7 @@ def test_values_match_the_formula_at_quarter_periods(t_lo, t_hi, period):
 
 def test_defaults_are_the_papers():
     schedule = CosineTemperatureSchedule()
-    assert (schedule.t_lo, schedule.t_hi, schedule.period) == (0.1, 1.0, 400.0)
+    assert (schedule.min_temperature, schedule.max_temperature, schedule.period) == (0.1, 1.0, 400.0)
 
 
 def test_ts_baseline_is_nt_xent_at_the_scheduled_temperature():
@@ -46,9 +47,9 @@ def test_ts_baseline_is_nt_xent_at_the_scheduled_temperature():
 def test_schedule_modulates_the_tase_base_temperature():
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(60, 4, generator=generator)
-    labeler = PseudoLabeler(60, 4, num_clusters=3, warmup_epochs=0, num_threads=1)
+    labeler = PseudoLabeler(60, 4, ClusterSizeEstimator(3), warmup_epochs=1, num_threads=1)
     labeler.update(torch.arange(60), features)
-    labeler.maybe_recluster(epoch=0)
+    labeler.end_epoch(epoch=0)
     temperature_map = TemperatureMap(base_temperature=0.2, gamma=0.25, min_temperature=0.05)
     criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=labeler, temperature_map=temperature_map)
     schedule = CosineTemperatureSchedule(0.1, 1.0, period=10)
@@ -56,7 +57,7 @@ def test_schedule_modulates_the_tase_base_temperature():
     out0, out1 = torch.randn(8, 4, generator=generator), torch.randn(8, 4, generator=generator)
     for epoch in (0, 2.5, 5):
         value = schedule.apply(criterion, epoch)
-        assert temperature_map.base_temperature == criterion.temperature == value
+        assert criterion.guidance.temperature_map.base_temperature == criterion.temperature == value
         frequency = labeler.frequency(index)
         relative = frequency.double().log() - labeler.frequency_reference().log_mean
         expected_temperature = (value * torch.exp(0.25 * relative)).clamp(0.05, 1.0).float()
@@ -65,28 +66,28 @@ def test_schedule_modulates_the_tase_base_temperature():
             nt_xent_loss(out0, out1, temperature=expected_temperature, weight=criterion.guidance.reweighter(
                 frequency, labeler.frequency_reference())),
         )
-    assert schedule.apply(temperature_map, 5) == pytest.approx(0.1)
+    assert criterion.guidance.temperature_map.min_temperature == 0.05  # the map's clip range stays
 
 
 def test_a_schedule_outside_the_maps_clip_range_is_refused():
-    schedule = CosineTemperatureSchedule(0.01, 1.0)
-    temperature_map = TemperatureMap(min_temperature=0.05)
-    with pytest.raises(ValueError, match="clip range"):
-        schedule.apply(temperature_map, 0)
-    assert temperature_map.base_temperature == 0.2  # unchanged
-    with pytest.raises(ValueError, match="clip range"):
-        CosineTemperatureSchedule(0.1, 2.0).apply(TemperatureMap(), 0)
+    labeler = PseudoLabeler(60, 4, ClusterSizeEstimator(3), warmup_epochs=1)
+    criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=labeler)  # clip [0.05, 1.0]
+    with pytest.raises(ValueError, match="min_temperature"):
+        CosineTemperatureSchedule(0.01, 1.0).apply(criterion, 200)  # t = 0.01 at half a period
+    assert criterion.temperature == 0.2 and criterion.guidance.temperature_map.base_temperature == 0.2
+    with pytest.raises(ValueError, match="max_temperature"):
+        CosineTemperatureSchedule(0.1, 2.0).apply(criterion, 0)
 
 
 def test_invalid_arguments_name_themselves():
-    with pytest.raises(ValueError, match="t_lo"):
-        CosineTemperatureSchedule(t_lo=0.0)
-    with pytest.raises(ValueError, match="t_hi"):
-        CosineTemperatureSchedule(t_hi=float("inf"))
+    with pytest.raises(ValueError, match="min_temperature"):
+        CosineTemperatureSchedule(min_temperature=0.0)
+    with pytest.raises(ValueError, match="max_temperature"):
+        CosineTemperatureSchedule(max_temperature=float("inf"))
     with pytest.raises(ValueError, match="period"):
         CosineTemperatureSchedule(period=0)
     with pytest.raises(ValueError, match="must not exceed"):
-        CosineTemperatureSchedule(t_lo=0.5, t_hi=0.2)
+        CosineTemperatureSchedule(min_temperature=0.5, max_temperature=0.2)
     with pytest.raises(ValueError, match="epoch"):
         CosineTemperatureSchedule()(-1)
     with pytest.raises(TypeError, match="target"):

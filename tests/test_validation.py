@@ -4,14 +4,18 @@ import pytest
 import torch
 
 from tase_loss import (
+    ClusterSizeEstimator,
+    FeatureBank,
     NotFittedError,
     PseudoLabeler,
     SampleReweighter,
     TASEContrastiveLoss,
     TASECosineLoss,
     TemperatureMap,
+    byol_loss,
     moco_loss,
     nt_xent_loss,
+    simsiam_loss,
 )
 
 
@@ -41,11 +45,13 @@ def test_bad_embeddings(make, error, pattern):
 @pytest.mark.parametrize(
     "temperature,error,pattern",
     [
-        (0.0, ValueError, "temperature must be a finite value > 0"),
-        (-0.1, ValueError, "temperature must be a finite value > 0"),
-        (float("inf"), ValueError, "temperature must be a finite value > 0"),
-        ("0.2", TypeError, "temperature must be a float"),
-        (torch.tensor([0.2, 0.0, 0.2, 0.2]), ValueError, "temperature must be > 0"),
+        (0.0, ValueError, "temperature must be a finite number >= 0.0001 and <= 10000, got 0.0"),
+        (-0.1, ValueError, "temperature must be a finite number >= 0.0001"),
+        (float("inf"), ValueError, "temperature must be a finite number"),
+        (1e-39, ValueError, "temperature must be a finite number >= 0.0001"),
+        ("0.2", TypeError, "temperature must be a finite number"),
+        (torch.tensor([0.2, 0.0, 0.2, 0.2]), ValueError, r"temperature must be >= 0.0001 and <= 10000, got values in \[0, 0.2\]"),
+        (torch.tensor([0.2, 1e-39, 0.2, 0.2]), ValueError, "temperature must be >= 0.0001"),
         (torch.tensor([0.2, 0.2]), ValueError, r"temperature must have shape \(4,\)"),
         (torch.tensor([0.2, float("nan"), 0.2, 0.2]), ValueError, "temperature contains NaN"),
         (torch.tensor([1, 1, 1, 1]), TypeError, "temperature must be a floating tensor"),
@@ -59,7 +65,8 @@ def test_bad_temperature(temperature, error, pattern):
 @pytest.mark.parametrize(
     "weight,pattern",
     [
-        (torch.tensor([1.0, -0.5, 1.0, 1.0]), "weight must be >= 0"),
+        (torch.tensor([1.0, -0.5, 1.0, 1.0]), "weight must be >= 0 and <= 1e[+]12"),
+        (torch.tensor([1.0, 1e38, 1.0, 1.0]), "weight must be >= 0 and <= 1e[+]12"),
         (torch.zeros(4), "weight sums to 0"),
         (torch.ones(3), r"weight must have shape \(4,\)"),
     ],
@@ -80,12 +87,13 @@ def test_bad_reduction_and_queue():
 
 
 def test_module_errors_leave_the_queue_untouched():
-    criterion = TASEContrastiveLoss(queue_size=8, embedding_dim=3)
+    criterion = TASEContrastiveLoss(queue_size=8, feature_dim=3)
     criterion(*_pair())
     before = {name: value.clone() for name, value in criterion.state_dict().items()}
     out0, out1 = _pair()
     with pytest.raises(ValueError, match="weight must be >= 0"):
         criterion(out0, out1, weight=torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    assert criterion._host_queue_length == 4
     with pytest.raises(ValueError, match="does not fit in a queue of 8"):
         criterion(*_pair(9))
     with pytest.raises(ValueError, match="out1 has feature size 2"):
@@ -95,62 +103,99 @@ def test_module_errors_leave_the_queue_untouched():
 
 
 def test_module_constructor_errors():
-    with pytest.raises(ValueError, match="temperature must be a finite value > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0.0001"):
         TASEContrastiveLoss(temperature=0.0)
-    with pytest.raises(ValueError, match="embedding_dim must be a positive integer"):
+    with pytest.raises(TypeError, match="temperature must be a float here, got a tensor"):
+        TASEContrastiveLoss(temperature=torch.tensor(0.2))
+    with pytest.raises(TypeError, match="feature_dim must be an integer >= 1, got None"):
         TASEContrastiveLoss(queue_size=16)
     with pytest.raises(ValueError, match="queue_size must be an integer >= 0"):
         TASEContrastiveLoss(queue_size=-1)
     with pytest.raises(ValueError, match="variant must be one of"):
         TASECosineLoss("simclr")
+    with pytest.raises(ValueError, match="temperature_map and reweighter need a pseudo_labeler"):
+        TASEContrastiveLoss(reweighter=SampleReweighter())
 
 
-def test_index_errors():
-    labeler = PseudoLabeler(num_samples=10, feature_dim=3, num_clusters=2, warmup_epochs=0)
+def _fitted_labeler(num_samples=10, dim=3):
+    labeler = PseudoLabeler(num_samples=num_samples, feature_dim=dim, estimator=ClusterSizeEstimator(2), warmup_epochs=1)
+    labeler.update(torch.arange(num_samples), torch.randn(num_samples, dim))
+    labeler.estimate()
+    return labeler
+
+
+def test_index_errors_name_index():
+    labeler = PseudoLabeler(num_samples=10, feature_dim=3, estimator=ClusterSizeEstimator(2), warmup_epochs=1)
     criterion = TASEContrastiveLoss(pseudo_labeler=labeler)
     with pytest.raises(ValueError, match="index= needs a pseudo_labeler"):
         TASEContrastiveLoss()(*_pair(), index=torch.arange(4))
     with pytest.raises(ValueError, match="either index= or temperature="):
         criterion(*_pair(), index=torch.arange(4), weight=torch.ones(4))
     labeler.update(torch.arange(10), torch.randn(10, 3))
-    labeler.recluster()
+    labeler.estimate()
     with pytest.raises(ValueError, match=r"index must lie in \[0, 10\)"):
         criterion(*_pair(), index=torch.tensor([0, 1, 2, 10]))
     with pytest.raises(TypeError, match="index must be an int64 or int32 tensor"):
         criterion(*_pair(), index=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"index must have shape \(4,\), got \(3,\)"):
+        criterion(*_pair(), index=torch.arange(3))
 
 
 def test_labeler_errors_and_no_mutation():
-    with pytest.raises(ValueError, match="num_clusters=20 is larger than num_samples=10"):
-        PseudoLabeler(num_samples=10, feature_dim=3, num_clusters=20)
-    with pytest.raises(ValueError, match="momentum must lie in"):
-        PseudoLabeler(num_samples=10, feature_dim=3, num_clusters=2, momentum=1.0)
-    labeler = PseudoLabeler(num_samples=10, feature_dim=3, num_clusters=4)
+    with pytest.raises(ValueError, match="momentum must be a finite number >= 0 and < 1"):
+        PseudoLabeler(num_samples=10, feature_dim=3, momentum=1.0)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        PseudoLabeler(num_samples=10, feature_dim=3, estimator="k-means")
+    labeler = PseudoLabeler(num_samples=10, feature_dim=3, estimator=ClusterSizeEstimator(4))
     with pytest.raises(NotFittedError, match="the bank is empty"):
-        labeler.recluster()
-    with pytest.raises(NotFittedError, match="has not clustered yet"):
+        labeler.estimate()
+    with pytest.raises(NotFittedError, match="has no estimate yet"):
         labeler.frequency(torch.arange(2))
     labeler.update(torch.arange(3), torch.randn(3, 3))
-    with pytest.raises(ValueError, match="num_clusters=4 is larger than the 3 samples seen"):
-        labeler.recluster()
-    bank = labeler.bank.clone()
+    with pytest.raises(ValueError, match="needs at least 4 samples, the bank holds 3"):
+        labeler.estimate()
+    bank = labeler.bank.features.clone()
     with pytest.raises(ValueError, match="features contains NaN"):
         labeler.update(torch.arange(2), torch.tensor([[1.0, 0, 0], [float("nan"), 0, 0]]))
     with pytest.raises(ValueError, match="features must have 3 columns"):
         labeler.update(torch.arange(2), torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"index must lie in \[0, 10\)"):
         labeler.update(torch.tensor([0, 11]), torch.randn(2, 3))
-    assert torch.equal(labeler.bank, bank) and int(labeler.seen.sum()) == 3
-    with pytest.raises(ValueError, match="state_dict is missing"):
-        labeler.load_state_dict({"bank": bank})
+    assert torch.equal(labeler.bank.features, bank) and labeler.bank.num_seen == 3
+
+
+@pytest.mark.parametrize(
+    "change,error,pattern",
+    [
+        (lambda state: state.pop("labels"), ValueError, r"state_dict is missing \['labels'\]"),
+        (lambda state: state.update(num_estimates=None), TypeError, r"state_dict\['num_estimates'\] must be an integer"),
+        (lambda state: state.update({"bank.seen": state["bank.seen"].numpy()}), TypeError, r"state_dict\['bank.seen'\] must be a torch.Tensor"),
+        (lambda state: state.update({"bank.features": state["bank.features"].tolist()}), TypeError, r"state_dict\['bank.features'\] must be a torch.Tensor"),
+        (lambda state: state.update(has_estimate=torch.zeros(10, dtype=torch.bool)), ValueError, "disagrees"),
+        (lambda state: state["log_frequency"].__setitem__(3, float("nan")), ValueError, r"state_dict\['log_frequency'\] contains NaN"),
+        (lambda state: state["log_frequency"].__setitem__(3, 0.5), ValueError, "must be <= 0"),
+        (lambda state: state.update(labels=state["labels"].float()), TypeError, r"state_dict\['labels'\] has dtype"),
+        (lambda state: state.update(labels=state["labels"][:5]), ValueError, r"state_dict\['labels'\] has shape"),
+        (lambda state: "not a dict", TypeError, "state_dict must be a dict"),
+    ],
+)
+def test_labeler_load_state_dict_is_atomic_and_names_the_key(change, error, pattern):
+    source, target = _fitted_labeler(), _fitted_labeler()
+    state = source.state_dict()
+    replaced = change(state)
+    before = target.state_dict()
+    with pytest.raises(error, match=pattern):
+        target.load_state_dict(replaced if isinstance(replaced, str) else state)
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, before[key]) if isinstance(value, torch.Tensor) else value == before[key], key
 
 
 def test_map_errors():
-    with pytest.raises(ValueError, match="alpha must be a finite value >= 0"):
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
         SampleReweighter(alpha=-1)
-    with pytest.raises(ValueError, match="max_weight must be >= 1"):
+    with pytest.raises(ValueError, match="max_weight must be a finite number >= 1"):
         SampleReweighter(max_weight=0.5)
-    with pytest.raises(ValueError, match="must not exceed"):
+    with pytest.raises(ValueError, match="min_temperature must be a finite number >= 0.0001 and <= 0.2"):
         TemperatureMap(min_temperature=0.5, max_temperature=0.1)
     with pytest.raises(ValueError, match="mapping must be one of"):
         TemperatureMap(mapping="linear")
@@ -158,13 +203,59 @@ def test_map_errors():
         SampleReweighter()(torch.tensor([0.0, 0.5]))
 
 
-def test_huge_finite_embeddings_are_accepted_and_inf_per_sample_values_rejected():
+def test_default_clip_range_follows_the_base_temperature():
+    """temperature=0.02 must not be clipped to the spec's 0.05 (nor 2.0 to 1.0)."""
+    for temperature in (0.02, 2.0):
+        criterion = TASEContrastiveLoss(temperature=temperature, pseudo_labeler=_fitted_labeler())
+        temperature_map = criterion.guidance.temperature_map
+        assert temperature_map.min_temperature == pytest.approx(temperature / 4)
+        assert temperature_map.max_temperature == pytest.approx(temperature * 5)
+        looked_up, _ = criterion.per_sample(torch.arange(4))
+        reference = criterion.pseudo_labeler.frequency_reference()
+        typical = temperature_map.from_log_frequency(torch.tensor([reference.log_mean], dtype=torch.float64))
+        assert float(typical) == pytest.approx(temperature, rel=1e-6)
+        assert bool((looked_up >= temperature / 4 - 1e-7).all() and (looked_up <= 5 * temperature + 1e-6).all())
+    with pytest.raises(ValueError, match="max_temperature must be a finite number >= 2"):
+        TemperatureMap(base_temperature=2.0, max_temperature=1.0)
+
+
+def test_huge_finite_embeddings_are_normalized_safely():
     out0, out1 = _pair()
     out0[0, 0] = 3e38  # finite: the max-|x| check must not overflow into a false alarm
     assert torch.isfinite(nt_xent_loss(out0, out1))
+    for scale, dtype in ((1e20, torch.float32), (1e300, torch.float64)):
+        small0, small1 = (tensor.to(dtype) for tensor in _pair())
+        expected = nt_xent_loss(small0, small1)
+        torch.testing.assert_close(nt_xent_loss(small0 * scale, small1 * scale), expected)
+        torch.testing.assert_close(byol_loss(small0 * scale, small1 * scale), byol_loss(small0, small1))
+        bank = FeatureBank(4, 3, dtype=torch.float32)
+        bank.update(torch.arange(4), small0 * scale)
+        torch.testing.assert_close(bank.rows(), torch.nn.functional.normalize(small0.float(), dim=1))
     with pytest.raises(ValueError, match="temperature contains NaN or Inf"):
         nt_xent_loss(*_pair(), temperature=torch.tensor([0.2, float("inf"), 0.2, 0.2]))
     with pytest.raises(ValueError, match="weight contains NaN or Inf"):
         nt_xent_loss(*_pair(), weight=torch.tensor([1.0, 1.0, float("nan"), 1.0]))
     with pytest.raises(ValueError, match="out0 contains NaN or Inf"):
         nt_xent_loss(torch.full((4, 3), float("-inf")), torch.randn(4, 3))
+
+
+def test_zero_rows_are_rejected_not_given_inf_gradients():
+    out0, out1 = (tensor.half() for tensor in _pair())
+    out0[2] = 0
+    for loss in (nt_xent_loss, byol_loss, simsiam_loss):
+        with pytest.raises(ValueError, match=r"out0 has an all-zero row \(row 2\)|prediction has an all-zero row"):
+            loss(out0, out1)
+
+
+@pytest.mark.parametrize("loss", [nt_xent_loss, moco_loss, byol_loss, simsiam_loss,
+                                  TASECosineLoss("byol"), TASEContrastiveLoss()])
+def test_empty_batches_are_rejected(loss):
+    with pytest.raises(ValueError, match="at least 1 row"):
+        loss(torch.zeros(0, 3), torch.zeros(0, 3))
+
+
+def test_meta_tensors_are_shape_only():
+    out0, out1 = torch.randn(4, 3, device="meta"), torch.randn(4, 3, device="meta")
+    loss = nt_xent_loss(out0, out1, weight=torch.ones(4, device="meta"))
+    assert loss.device.type == "meta" and loss.shape == ()
+    assert byol_loss(out0, out1).device.type == "meta"

@@ -21,7 +21,9 @@ __all__ = [
     "load_digits_lt",
     "load_image_folder",
     "load_npz",
+    "OVERLAPS",
     "long_tailed_counts",
+    "planted_mixture",
     "resize_images",
 ]
 
@@ -42,6 +44,7 @@ class LongTailedData:
         num_classes: ``C``; labels lie in ``[0, C)``.
         groups: class indices of the Many / Medium / Few groups.
         probe_note: how the probe split was made (for the report).
+        class_names: one name per class (the report's axis labels).
     """
 
     name: str
@@ -54,6 +57,13 @@ class LongTailedData:
     num_classes: int
     groups: dict[str, list[int]]
     probe_note: str
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            self.class_names = tuple(str(label) for label in range(self.num_classes))
+        if len(self.class_names) != self.num_classes:
+            raise DataError(f"{len(self.class_names)} class names given for {self.num_classes} classes")
 
     @property
     def class_counts(self) -> np.ndarray:
@@ -109,6 +119,8 @@ def load_digits_lt(
     """
     from sklearn.datasets import load_digits
 
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 1 <= ratio <= max_count:
+        raise DataError(f"ratio must be a number in [1, {max_count}] (every class keeps an image), got {ratio!r}")
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None]
     labels = digits.target.astype(np.int64)
@@ -131,6 +143,7 @@ def load_digits_lt(
     y_train = labels[train_index]
     return LongTailedData(
         name=f"digits-LT (ratio {ratio:g}, {train_index.size} train images)",
+        class_names=tuple(f"digit {label}" for label in range(num_classes)),
         x_train=images[train_index],
         y_train=y_train,
         x_probe=images[probe_index],
@@ -198,6 +211,7 @@ def _from_arrays(
     test: tuple[np.ndarray, np.ndarray],
     probe: Optional[tuple[np.ndarray, np.ndarray]],
     num_classes: Optional[int],
+    class_names: tuple[str, ...] = (),
 ) -> LongTailedData:
     """Validate raw arrays and assemble a :class:`LongTailedData`."""
     x_train, x_test = _to_nchw("x", train[0]), _to_nchw("x_test", test[0])
@@ -226,6 +240,12 @@ def _from_arrays(
     counts = np.bincount(y_train, minlength=classes)
     if (counts == 0).any():
         raise DataError(f"classes {np.flatnonzero(counts == 0).tolist()} have no training image")
+    for split, labels in (("test", y_test), ("probe", y_probe)):
+        missing = np.flatnonzero(np.bincount(labels, minlength=classes) == 0)
+        if missing.size:
+            raise DataError(
+                f"the {split} split has no image of classes {missing.tolist()}: per-class accuracies would be undefined"
+            )
     return LongTailedData(
         name=name,
         x_train=x_train,
@@ -237,11 +257,15 @@ def _from_arrays(
         num_classes=classes,
         groups=group_classes(counts),
         probe_note=probe_note,
+        class_names=class_names,
     )
 
 
 def load_npz(
-    path: str, probe_path: Optional[str] = None, num_classes: Optional[int] = None
+    path: str,
+    probe_path: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    class_names: tuple[str, ...] = (),
 ) -> LongTailedData:
     """A long-tailed ``.npz`` with ``x, y, x_test, y_test`` (the format of ``cifar10_lt_r100.npz``).
 
@@ -254,6 +278,7 @@ def load_npz(
         path: the ``.npz`` file.
         probe_path: optional probe ``.npz``.
         num_classes: ``C``; inferred as ``max(y) + 1`` when ``None``.
+        class_names: one name per class for the report (default: the class numbers).
 
     Raises:
         DataError: missing file or array, wrong shape or dtype, labels out of range.
@@ -269,6 +294,7 @@ def load_npz(
         (arrays["x_test"], arrays["y_test"]),
         probe,
         num_classes,
+        tuple(class_names),
     )
 
 
@@ -318,6 +344,7 @@ def load_image_folder(path: str, probe_path: Optional[str] = None) -> LongTailed
         _read_image_classes(test_folder, class_names),
         probe,
         len(class_names),
+        tuple(class_names),
     )
 
 
@@ -348,3 +375,44 @@ def resize_images(data: LongTailedData, size: int) -> LongTailedData:
         x_probe=resize(data.x_probe),
         x_test=resize(data.x_test),
     )
+
+
+OVERLAPS = {"low": 1.5, "moderate": 2.25, "high": 3.0}
+"""Noise scales of :func:`planted_mixture`, named by how much the classes overlap: the
+Bayes classifier (true means and priors) is right for about 100 %, 98 % and 91 % of the
+samples (measured for ``D = 64``, ratio 100)."""
+
+
+def planted_mixture(
+    seed: int,
+    overlap: str = "low",
+    num_classes: int = 10,
+    ratio: float = 100.0,
+    max_count: int = 2000,
+    dim: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A long-tailed mixture on the unit sphere whose class sizes are known.
+
+    Class ``c`` has ``n_c`` points (exponential profile, :func:`long_tailed_counts`)
+    drawn as ``normalize(mu_c + sigma * g / sqrt(D))`` with random unit means ``mu_c``
+    and standard normal ``g``; ``sigma`` is :data:`OVERLAPS` ``[overlap]``.
+
+    Returns:
+        ``(points, labels)``: ``(N, D)`` float32 unit rows, shuffled, and ``(N,)`` int64.
+
+    Example:
+        >>> points, labels = planted_mixture(0, "moderate", max_count=100)
+        >>> points.shape, np.bincount(labels).tolist()
+        ((242, 64), [100, 59, 35, 21, 12, 7, 4, 2, 1, 1])
+    """
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap must be one of {sorted(OVERLAPS)}, got {overlap!r}")
+    generator = np.random.default_rng(seed)
+    counts = long_tailed_counts(max_count, num_classes, ratio)
+    means = generator.standard_normal((num_classes, dim))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(num_classes), counts)
+    points = means[labels] + OVERLAPS[overlap] * generator.standard_normal((labels.size, dim)) / np.sqrt(dim)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    order = generator.permutation(labels.size)
+    return points[order].astype(np.float32), labels[order].astype(np.int64)

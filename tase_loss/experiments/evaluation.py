@@ -5,13 +5,14 @@
 - :func:`per_class_accuracy` and :func:`group_accuracies`: Many / Medium / Few, their
   population Std, and All (the mean per-class accuracy; on a balanced test set it is the
   plain accuracy).
-- :func:`pseudo_label_diagnostics`: how well the k-means pseudo-labels and frequency
-  estimates track the true classes (NMI, rank correlation).
+- :func:`frequency_quality`: how well frequency estimates track the true class sizes
+  (rank correlation, share of the Few/Many gap recovered, NMI of the groups).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ __all__ = [
     "knn_predict",
     "linear_probe",
     "per_class_accuracy",
-    "pseudo_label_diagnostics",
+    "frequency_quality",
 ]
 
 
@@ -83,23 +84,26 @@ def knn_predict(
     query_features: np.ndarray,
     num_classes: int,
     k: int = 20,
+    device: torch.device = torch.device("cpu"),
 ) -> np.ndarray:
     """Cosine kNN: each query's ``k`` most similar memory items vote with their similarity.
 
-    Ties between classes go to the lowest label.
+    Computed on ``device`` (float64 on the CPU, float32 elsewhere). Ties between
+    classes go to the lowest label.
 
     Example:
         >>> memory = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
         >>> knn_predict(memory, np.array([0, 0, 1]), np.array([[0.2, 1.0]]), 2, k=2).tolist()
         [1]
     """
-    memory = torch.nn.functional.normalize(torch.from_numpy(memory_features).double(), dim=1)
-    queries = torch.nn.functional.normalize(torch.from_numpy(query_features).double(), dim=1)
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    memory = torch.nn.functional.normalize(torch.as_tensor(memory_features, dtype=dtype, device=device), dim=1)
+    queries = torch.nn.functional.normalize(torch.as_tensor(query_features, dtype=dtype, device=device), dim=1)
     neighbours = min(k, memory.shape[0])
     similarity, index = (queries @ memory.T).topk(neighbours, dim=1)
-    votes = torch.zeros(queries.shape[0], num_classes, dtype=torch.float64)
-    votes.scatter_add_(1, torch.from_numpy(memory_labels).long()[index], similarity)
-    return votes.argmax(dim=1).numpy()
+    votes = torch.zeros(queries.shape[0], num_classes, dtype=dtype, device=device)
+    votes.scatter_add_(1, torch.as_tensor(memory_labels, device=device).long()[index], similarity)
+    return votes.argmax(dim=1).cpu().numpy()
 
 
 def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -133,34 +137,48 @@ def group_accuracies(per_class: np.ndarray, groups: Mapping[str, Sequence[int]])
     return result
 
 
-def pseudo_label_diagnostics(
-    pseudo_labels: np.ndarray,
-    frequency: np.ndarray,
+def frequency_quality(
+    log_frequency: np.ndarray,
     true_labels: np.ndarray,
     groups: Mapping[str, Sequence[int]],
-) -> dict[str, float]:
-    """How well pseudo-labels and frequency estimates follow the true (long-tailed) classes.
+    pseudo_labels: Optional[np.ndarray] = None,
+) -> dict[str, Optional[float]]:
+    """How well per-sample frequency estimates follow the true (long-tailed) class sizes.
+
+    Args:
+        log_frequency: ``(N,)`` estimated ``log f_i`` of the training samples.
+        true_labels: ``(N,)`` true classes.
+        groups: the classes of the Many / Medium / Few groups.
+        pseudo_labels: ``(N,)`` the estimator's groups, if it has any.
 
     Returns:
-        ``nmi``: normalized mutual information of pseudo-labels and true labels;
-        ``frequency_spearman``: rank correlation of each sample's estimated frequency with
-        its true class's frequency (1 = the estimate orders samples head to tail exactly;
-        NaN when either is constant);
-        ``frequency_few_over_many``: geometric-mean estimated frequency of true Few samples
-        over that of true Many samples (the true ratio is far below 1).
+        ``spearman``: rank correlation of ``f_i`` with the true frequency of ``i``'s class
+        (1 = the estimate orders samples head to tail exactly; ``None`` when either is
+        constant); ``gap_recovered``: the estimated mean ``log f`` of true Few samples
+        minus that of true Many samples, as a fraction of the true gap (1 = the scale is
+        right too; 0 = no signal); ``few_over_many``: ``exp`` of the estimated gap (the
+        true value is far below 1); ``nmi``: normalized mutual information of the
+        estimator's groups with the classes (``None`` without groups).
+
+    Example:
+        >>> labels = np.array([0, 0, 0, 1])
+        >>> truth = np.log(np.bincount(labels)[labels] / labels.size)
+        >>> quality = frequency_quality(truth, labels, {"many": [0], "medium": [], "few": [1]})
+        >>> round(quality["spearman"], 6), round(quality["gap_recovered"], 6)
+        (1.0, 1.0)
     """
     from scipy.stats import spearmanr
     from sklearn.metrics import normalized_mutual_info_score
 
-    class_frequency = np.bincount(true_labels) / true_labels.size
-    log_frequency = np.log(frequency)
+    true_log_frequency = np.log(np.bincount(true_labels)[true_labels] / true_labels.size)
     few = np.isin(true_labels, list(groups["few"]))
     many = np.isin(true_labels, list(groups["many"]))
-    constant = np.ptp(frequency) == 0 or np.ptp(class_frequency[true_labels]) == 0
+    true_gap = true_log_frequency[few].mean() - true_log_frequency[many].mean()
+    gap = log_frequency[few].mean() - log_frequency[many].mean()
+    constant = np.ptp(log_frequency) == 0 or np.ptp(true_log_frequency) == 0
     return {
-        "nmi": float(normalized_mutual_info_score(true_labels, pseudo_labels)),
-        "frequency_spearman": (
-            float("nan") if constant else float(spearmanr(frequency, class_frequency[true_labels]).statistic)
-        ),
-        "frequency_few_over_many": float(np.exp(log_frequency[few].mean() - log_frequency[many].mean())),
+        "spearman": None if constant else float(spearmanr(log_frequency, true_log_frequency).statistic),
+        "gap_recovered": float(gap / true_gap) if true_gap != 0 else None,
+        "few_over_many": float(np.exp(gap)),
+        "nmi": None if pseudo_labels is None else float(normalized_mutual_info_score(true_labels, pseudo_labels)),
     }

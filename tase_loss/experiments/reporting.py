@@ -1,9 +1,11 @@
-"""Results out: a table a person can read, the JSON file, the PNG plot."""
+"""Results out: a table a person can read, strict JSON, and a plot that answers "does it help?"."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -11,83 +13,148 @@ import numpy as np
 __all__ = ["format_table", "plot_results", "write_json"]
 
 COLUMNS = (("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("all", "All"), ("std", "Std"), ("knn", "kNN"))
+GROUP_COLORS = {"many": "#d9e8f5", "medium": "#eeeeee", "few": "#f8e0d0"}
 
 
-def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Loss x Many/Medium/Few/All/Std/kNN, mean ± std over seeds, in percent.
+def _cells(metrics: dict[str, dict[str, float]], signed: bool) -> list[str]:
+    sign = "+" if signed else ""
+    return [f"{100 * metrics[key]['mean']:{sign}5.1f} ± {100 * metrics[key]['std']:.1f}".ljust(12) for key, _ in COLUMNS]
+
+
+def format_table(summary: dict[str, dict[str, dict[str, float]]], differences: dict[str, Any] | None = None) -> str:
+    """Method x Many/Medium/Few/All/Std/kNN in percent: mean ± std over seeds, then the
+    paired differences to the baseline (mean ± std over seeds of ``method - ntxent``).
 
     Example:
         >>> cell = {"mean": 0.5, "std": 0.01, "n": 2}
         >>> print(format_table({"ntxent": {name: cell for name, _ in COLUMNS}}))
-        loss (linear probe, % mean ± std over seeds)   Many        Medium      Few         All         Std         kNN
-        ntxent (2 seeds)                               50.0 ± 1.0  50.0 ± 1.0  50.0 ± 1.0  50.0 ± 1.0  50.0 ± 1.0  50.0 ± 1.0
+        method (linear probe, % mean ± std over seeds)   Many          Medium        Few           All           Std           kNN
+        ntxent (2 seeds)                                  50.0 ± 1.0    50.0 ± 1.0    50.0 ± 1.0    50.0 ± 1.0    50.0 ± 1.0    50.0 ± 1.0
     """
-    names = {loss: f"{loss} ({next(iter(metrics.values()))['n']} seeds)" for loss, metrics in summary.items()}
-    header_name = "loss (linear probe, % mean ± std over seeds)"
-    width = max([len(header_name)] + [len(name) for name in names.values()]) + 3
-    lines = [header_name.ljust(width) + "  ".join(title.ljust(10) for _, title in COLUMNS).rstrip()]
-    for loss, metrics in summary.items():
-        cells = [f"{100 * metrics[key]['mean']:4.1f} ± {100 * metrics[key]['std']:.1f}".ljust(10) for key, _ in COLUMNS]
-        lines.append(names[loss].ljust(width) + "  ".join(cells).rstrip())
+    rows = [(f"{method} ({next(iter(metrics.values()))['n']} seeds)", _cells(metrics, False)) for method, metrics in summary.items()]
+    for method, metrics in (differences or {}).items():
+        rows.append((f"{method} - ntxent (paired, {next(iter(metrics.values()))['n']})", _cells(metrics, True)))
+    header_name = "method (linear probe, % mean ± std over seeds)"
+    width = max([len(header_name)] + [len(name) for name, _ in rows]) + 3
+    lines = [header_name.ljust(width) + "  ".join(title.ljust(12) for _, title in COLUMNS).rstrip()]
+    lines += [name.ljust(width) + "  ".join(cells).rstrip() for name, cells in rows]
     return "\n".join(lines)
 
 
+def _strict(value: Any, path: str, replaced: list[str]) -> Any:
+    """``value`` with every NaN/Inf float replaced by ``None`` (strict JSON), noting where."""
+    if isinstance(value, float) and not math.isfinite(value):
+        replaced.append(path)
+        return None
+    if isinstance(value, dict):
+        return {key: _strict(item, f"{path}.{key}", replaced) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item, f"{path}[{position}]", replaced) for position, item in enumerate(value)]
+    return value
+
+
 def write_json(results: dict[str, Any], path: str) -> None:
-    """Write ``results`` as indented JSON (creating the folder)."""
+    """Write ``results`` as indented, strict JSON (creating the folder).
+
+    A NaN or infinite number becomes ``null`` with a warning that names where.
+    """
+    replaced: list[str] = []
+    strict = _strict(results, "results", replaced)
+    if replaced:
+        warnings.warn(f"{len(replaced)} non-finite value(s) written as null, e.g. {replaced[0]}", stacklevel=2)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=1)
+        json.dump(strict, handle, indent=1, allow_nan=False)
+
+
+def _group_bands(axis: Any, groups: dict[str, list[int]], position: dict[int, int]) -> None:
+    for name, members in groups.items():
+        where = [position[c] for c in members]
+        if where:
+            axis.axvspan(min(where) - 0.5, max(where) + 0.5, color=GROUP_COLORS.get(name, "#eeeeee"), zorder=0)
+            axis.text((min(where) + max(where)) / 2, 1.0, name.capitalize(), transform=axis.get_xaxis_transform(),
+                      ha="center", va="bottom", fontsize=9)
 
 
 def plot_results(results: dict[str, Any], path: str) -> None:
-    """Per-class accuracy vs class frequency (one line per loss) and the TASE distributions.
+    """Four panels over the classes, ordered from the most to the least frequent:
 
-    Left: linear-probe accuracy per class (mean ± std over seeds) against the class's
-    training count, log scale. Middle / right: histograms of the per-sample
-    temperatures and weights the guided losses ended with (first seed of each loss).
+    1. linear-probe accuracy per class (mean ± std over seeds) of every method;
+    2. each method's paired difference to NT-Xent per class (mean ± std over seeds);
+    3. / 4. the mean per-sample temperature and weight each class got (first seed).
+
+    Many / Medium / Few are shaded; the axis names each class with its training count.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
-    counts = np.asarray(results["dataset"]["class_counts"])
+    dataset = results["dataset"]
+    counts = np.asarray(dataset["class_counts"])
+    names = dataset.get("class_names") or [str(c) for c in range(counts.size)]
     order = np.argsort(-counts, kind="stable")
-    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    losses = list(results["summary"])
-    # One colour per loss across all three panels.
-    colors = {loss: f"C{position}" for position, loss in enumerate(losses)}
-    for loss in losses:
-        per_class = np.array([run["linear_per_class"] for run in results["runs"] if run["loss"] == loss])
-        mean, spread = per_class.mean(axis=0), per_class.std(axis=0)
-        axes[0].errorbar(counts[order], 100 * mean[order], yerr=100 * spread[order], marker="o", capsize=3, label=loss, color=colors[loss])
-    axes[0].set_xscale("log")
-    axes[0].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[0].set_xlabel("training images of the class (log)")
-    axes[0].set_ylabel("linear-probe accuracy (%)")
-    axes[0].set_title("per-class accuracy vs class frequency")
-    axes[0].legend()
-    for axis, statistic, label in ((axes[1], "temperature", "per-sample temperature"), (axes[2], "weight", "per-sample weight")):
-        drawn = False
-        for loss in losses:
-            run = next(run for run in results["runs"] if run["loss"] == loss)
-            histogram = run["sample_statistics"].get(statistic)
-            if histogram is None:
-                continue
-            edges, bins = np.asarray(histogram["histogram"]["edges"]), histogram["histogram"]["counts"]
-            axis.stairs(bins, edges, label=loss, color=colors[loss])
+    position = {int(c): p for p, c in enumerate(order)}
+    x = np.arange(counts.size)
+    labels = [f"{names[c]}\n{counts[c]}" for c in order]
+    methods = list(results["summary"])
+    colors = {method: f"C{index}" for index, method in enumerate(methods)}
+    per_class = {
+        method: np.array([run["linear_per_class"] for run in results["runs"] if run["method"] == method])
+        for method in methods
+    }
+    figure, axes = plt.subplots(2, 2, figsize=(15, 9), sharex=True)
+    accuracy, difference, temperature, weight = axes.ravel()
+    for axis in axes.ravel():
+        _group_bands(axis, dataset["groups"], position)
+    for method in methods:
+        mean, spread = per_class[method].mean(axis=0), per_class[method].std(axis=0)
+        accuracy.errorbar(x, 100 * mean[order], yerr=100 * spread[order], marker="o", capsize=3, label=method, color=colors[method])
+    accuracy.set_ylabel("linear-probe accuracy (%)")
+    accuracy.set_title("per-class accuracy (mean ± std over seeds)")
+    accuracy.legend(fontsize=8)
+
+    baseline = {run["seed"]: np.asarray(run["linear_per_class"]) for run in results["runs"] if run["method"] == "ntxent"}
+    drawn = False
+    for method in methods:
+        paired = [np.asarray(run["linear_per_class"]) - baseline[run["seed"]]
+                  for run in results["runs"] if run["method"] == method and method != "ntxent" and run["seed"] in baseline]
+        if paired:
+            stacked = 100 * np.array(paired)
+            difference.errorbar(x, stacked.mean(axis=0)[order], yerr=stacked.std(axis=0)[order], marker="o", capsize=3,
+                                label=f"{method} ({len(paired)} seeds)", color=colors[method])
             drawn = True
-        axis.set_xlabel(label)
-        axis.set_ylabel("training samples")
-        axis.set_title(f"learned {label}s (end of training)")
+    difference.axhline(0.0, color="black", linewidth=0.8)
+    difference.set_ylabel("accuracy - NT-Xent, same seed (points)")
+    difference.set_title("paired difference to NT-Xent per class")
+    if drawn:
+        difference.legend(fontsize=8)
+    else:
+        difference.text(0.5, 0.5, "no NT-Xent run to compare with", ha="center", va="center", transform=difference.transAxes)
+
+    for axis, statistic, label, neutral in ((temperature, "temperature", "mean per-sample temperature", None),
+                                            (weight, "weight", "mean per-sample weight", 1.0)):
+        drawn = False
+        for method in methods:
+            run = next(run for run in results["runs"] if run["method"] == method)
+            values = run["sample_statistics"].get(statistic)
+            if values is None:
+                continue
+            axis.plot(x, np.asarray(values["per_class_mean"])[order], marker="s", label=method, color=colors[method])
+            drawn = True
+        if neutral is not None:
+            axis.axhline(neutral, color="black", linewidth=0.8)
+        axis.set_ylabel(label)
+        axis.set_title(f"{label} per true class (end of training, first seed)")
         if drawn:
-            axis.legend()
+            axis.legend(fontsize=8)
         else:
-            axis.text(0.5, 0.5, "no guided loss in this run", ha="center", va="center", transform=axis.transAxes)
-    figure.suptitle(f"{results['dataset']['name']}: {', '.join(losses)}")
+            axis.text(0.5, 0.5, "no guided method in this run", ha="center", va="center", transform=axis.transAxes)
+    for axis in (temperature, weight):
+        axis.set_xticks(x, labels, fontsize=8)
+        axis.set_xlabel("class (training images), most frequent first")
+    figure.suptitle(f"{dataset['name']}: {', '.join(methods)}")
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)

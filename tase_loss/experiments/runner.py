@@ -1,4 +1,4 @@
-"""Runs the grid losses x seeds: build, pre-train, evaluate, collect results."""
+"""Runs the grid methods x seeds: build, pre-train, evaluate, collect and compare results."""
 
 from __future__ import annotations
 
@@ -12,42 +12,64 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+import tase_loss
 from tase_loss.experiments.augmentations import simclr_augmentation
 from tase_loss.experiments.data import LongTailedData
 from tase_loss.experiments.encoders import build_model
 from tase_loss.experiments.evaluation import (
     extract_features,
+    frequency_quality,
     group_accuracies,
     knn_predict,
     linear_probe,
     per_class_accuracy,
-    pseudo_label_diagnostics,
 )
 from tase_loss.experiments.methods import Method, MethodContext, MethodSettings, build_method
-from tase_loss.experiments.training import TrainingConfig, train
+from tase_loss.experiments.training import TrainingConfig, to_device_images, train
 
-__all__ = ["ExperimentConfig", "merge_results", "run_experiment", "run_single", "summarize"]
+__all__ = [
+    "BASELINE",
+    "ExperimentConfig",
+    "merge_results",
+    "paired_differences",
+    "resolve_device",
+    "run_experiment",
+    "run_single",
+    "summarize",
+]
 
 HISTOGRAM_BINS = 30
+BASELINE = "ntxent"
+"""The method every other one is compared with, seed by seed."""
 
 
 @dataclass
 class ExperimentConfig:
-    """One experiment: which losses and seeds, the encoder, the schedule, the settings.
+    """One experiment: which methods and seeds, the encoder, the schedule, the settings.
 
-    ``training.seed`` and ``training.checkpoint_path`` are filled per run.
+    ``training.seed``, ``training.checkpoint_path`` and ``training.settings`` are filled
+    per run.
+
+    Attributes:
+        precision: CUDA autocast dtype, ``"bf16"`` (default), ``"fp16"`` or ``"fp32"``.
+        compile: ``torch.compile`` the encoder (``nn.Module.compile``, in place).
+        checkpoints: write ``OUTPUT/checkpoints/<method>_seed<s>.pt`` (needed for resume).
+        resume_anyway: resume even from checkpoints written under other settings.
     """
 
-    losses: list[str]
+    methods: list[str]
     seeds: list[int]
     encoder: str
     training: TrainingConfig
-    method: MethodSettings = field(default_factory=MethodSettings)
+    settings: MethodSettings = field(default_factory=MethodSettings)
     device: str = "cpu"
-    amp: bool = True
+    precision: str = "bf16"
+    compile: bool = False
     knn_k: int = 20
     output_dir: str = "tase_experiment_output"
     resume: bool = False
+    resume_anyway: bool = False
+    checkpoints: bool = True
 
 
 def _seed_everything(seed: int) -> None:
@@ -56,15 +78,18 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _label_quality(data: LongTailedData) -> Callable[[int, Method], dict[str, float]]:
-    """Epoch callback measuring pseudo-label quality after each clustering."""
+def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str, float]]:
+    """Epoch callback: how well the method's fresh frequency estimates follow the classes."""
 
     def measure(epoch: int, method: Method) -> dict[str, float]:
         labeler = method.labeler
-        if labeler is None or not labeler.is_fitted or not labeler.should_recluster(epoch):
+        if labeler is None or not labeler.is_fitted or not labeler.should_estimate(epoch):
             return {}
-        frequency = labeler.frequency(torch.arange(labeler.num_samples)).numpy()
-        return pseudo_label_diagnostics(labeler.labels.numpy(), frequency, data.y_train, data.groups)
+        labels = labeler.labels.numpy()
+        quality = frequency_quality(
+            labeler.log_frequency_table().numpy(), data.y_train, data.groups, labels if (labels >= 0).all() else None
+        )
+        return {name: value for name, value in quality.items() if value is not None}
 
     return measure
 
@@ -83,34 +108,66 @@ def _summarize_statistics(statistics: dict[str, np.ndarray], labels: np.ndarray,
     return summary
 
 
+def run_settings(method: str, seed: int, data: LongTailedData, config: ExperimentConfig) -> dict[str, Any]:
+    """What a checkpoint of this run must agree with to be resumed (not the stop point)."""
+    training = dataclasses.asdict(config.training)
+    for transient in ("checkpoint_path", "checkpoint_every", "stop_after_epochs", "progress", "settings", "ignore_settings"):
+        training.pop(transient)
+    return {
+        "data": {"name": data.name, "class_counts": data.class_counts.tolist()},
+        "method": method,
+        "seed": seed,
+        "encoder": config.encoder,
+        "training": {**training, "seed": seed},
+        "settings": dataclasses.asdict(config.settings),
+        "precision": config.precision,
+        "versions": {"tase_loss": tase_loss.__version__, "torch": str(torch.__version__)},
+    }
+
+
 def run_single(
-    loss: str, seed: int, data: LongTailedData, config: ExperimentConfig, device: torch.device
+    method_name: str, seed: int, data: LongTailedData, config: ExperimentConfig, device: torch.device
 ) -> dict[str, Any]:
-    """Pre-train one encoder with ``loss`` and ``seed`` and evaluate it."""
+    """Pre-train one encoder with ``method_name`` and ``seed`` and evaluate it."""
     _seed_everything(seed)
     model = build_model(config.encoder, data.x_train.shape[1]).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     augment = simclr_augmentation(data.x_train.shape[2], data.x_train.shape[1]).to(device)
     context = MethodContext(
         data.x_train.shape[0],
         seed,
         device,
-        amp=config.amp,
-        settings=config.method,
+        config.settings,
+        precision=config.precision,
         train_labels=data.y_train,
         epochs=config.training.epochs,
         image_shape=tuple(data.x_train.shape[1:]),
         augment=augment,
     )
-    method = build_method(loss, context, model)
-    checkpoint_folder = os.path.join(config.output_dir, "checkpoints")
-    os.makedirs(checkpoint_folder, exist_ok=True)
-    checkpoint_path = os.path.join(checkpoint_folder, f"{loss}_seed{seed}.pt")
-    if not config.resume and os.path.exists(checkpoint_path):
-        os.remove(checkpoint_path)
-    training = dataclasses.replace(config.training, seed=seed, checkpoint_path=checkpoint_path)
-    images = torch.from_numpy(data.x_train).to(device)
-    history = train(model, method, images, augment, training, _label_quality(data), f"{loss} seed {seed}")
-    completed = len(history) == training.epochs
+    method = build_method(method_name, context, model)
+    if config.compile:
+        model.compile()
+    checkpoint_path = None
+    if config.checkpoints:
+        checkpoint_folder = os.path.join(config.output_dir, "checkpoints")
+        os.makedirs(checkpoint_folder, exist_ok=True)
+        checkpoint_path = os.path.join(checkpoint_folder, f"{method_name}_seed{seed}.pt")
+        if not config.resume and os.path.exists(checkpoint_path):
+            os.remove(checkpoint_path)
+    training = dataclasses.replace(
+        config.training,
+        seed=seed,
+        checkpoint_path=checkpoint_path,
+        channels_last=channels_last,
+        settings=run_settings(method_name, seed, data, config),
+        ignore_settings=config.resume_anyway,
+    )
+    images = to_device_images(data.x_train, device)
+    history = train(model, method, images, augment, training, _estimate_quality(data), f"{method_name} seed {seed}")
+    if method.labeler is not None and len(history) == training.epochs:
+        method.labeler.warn_if_unfitted(training.epochs)
 
     probe_features = extract_features(model.backbone, data.x_probe, device)
     test_features = extract_features(model.backbone, data.x_test, device)
@@ -118,15 +175,15 @@ def run_single(
         linear_probe(probe_features, data.y_probe, test_features), data.y_test, data.num_classes
     )
     knn_per_class = per_class_accuracy(
-        knn_predict(probe_features, data.y_probe, test_features, data.num_classes, config.knn_k),
+        knn_predict(probe_features, data.y_probe, test_features, data.num_classes, config.knn_k, device),
         data.y_test,
         data.num_classes,
     )
     return {
-        "loss": loss,
+        "method": method_name,
         "seed": seed,
         "epochs_completed": len(history),
-        "completed": completed,
+        "completed": len(history) == training.epochs,
         "linear": group_accuracies(linear_per_class, data.groups),
         "linear_per_class": linear_per_class.tolist(),
         "knn": group_accuracies(knn_per_class, data.groups),
@@ -147,17 +204,45 @@ def _mean_and_spread(values: list[float]) -> dict[str, float]:
     }
 
 
-def summarize(runs: list[dict[str, Any]], losses: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per loss: mean and spread over seeds of linear-probe groups, Std, All and kNN All."""
+def _metrics(run: dict[str, Any]) -> dict[str, float]:
+    return {**run["linear"], "knn": run["knn"]["all"]}
+
+
+def summarize(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per method: mean and spread over seeds of linear-probe groups, Std, All and kNN All."""
     summary = {}
-    for loss in losses:
-        selected = [run for run in runs if run["loss"] == loss]
-        if not selected:
-            continue
-        metrics = {name: [run["linear"][name] for run in selected] for name in selected[0]["linear"]}
-        metrics["knn"] = [run["knn"]["all"] for run in selected]
-        summary[loss] = {name: _mean_and_spread(values) for name, values in metrics.items()}
+    for method in methods:
+        selected = [_metrics(run) for run in runs if run["method"] == method]
+        if selected:
+            summary[method] = {name: _mean_and_spread([metrics[name] for metrics in selected]) for name in selected[0]}
     return summary
+
+
+def paired_differences(
+    runs: list[dict[str, Any]], methods: list[str], baseline: str = BASELINE
+) -> dict[str, dict[str, Any]]:
+    """Per method: ``method - baseline`` on every metric, paired by seed.
+
+    Same seed = same initialization, data order and augmentations until the methods
+    diverge, so the paired difference removes most of the seed-to-seed spread.
+
+    Returns:
+        method -> metric -> ``{"per_seed": {seed: diff}, "mean", "std", "min", "max", "n"}``;
+        empty when the baseline did not run or no seed is shared.
+    """
+    by_seed = {run["seed"]: _metrics(run) for run in runs if run["method"] == baseline}
+    result: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        if method == baseline:
+            continue
+        paired = {run["seed"]: _metrics(run) for run in runs if run["method"] == method and run["seed"] in by_seed}
+        if not paired:
+            continue
+        result[method] = {}
+        for name in next(iter(paired.values())):
+            per_seed = {str(seed): metrics[name] - by_seed[seed][name] for seed, metrics in sorted(paired.items())}
+            result[method][name] = {"per_seed": per_seed, **_mean_and_spread(list(per_seed.values()))}
+    return result
 
 
 def resolve_device(name: str) -> torch.device:
@@ -170,21 +255,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def dataset_record(data: LongTailedData) -> dict[str, Any]:
+    return {
+        "name": data.name,
+        "class_counts": data.class_counts.tolist(),
+        "class_names": list(data.class_names),
+        "groups": data.groups,
+        "probe": data.probe_note,
+        "test_per_class": np.bincount(data.y_test, minlength=data.num_classes).tolist(),
+    }
+
+
 def run_experiment(
     data: LongTailedData,
     config: ExperimentConfig,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     on_run_done: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
-    """Every loss x seed of ``config`` on ``data``; returns the JSON-ready results."""
+    """Every method x seed of ``config`` on ``data``; returns the JSON-ready results."""
     device = resolve_device(config.device)
     runs = []
-    # Seeds outside, losses inside: an interrupted grid still compares the losses.
+    # Seeds outside, methods inside: an interrupted grid still compares the methods.
     for seed in config.seeds:
-        for loss in config.losses:
-            run = run_single(loss, seed, data, config, device)
+        for method in config.methods:
+            run = run_single(method, seed, data, config, device)
             log(
-                f"{loss} seed {seed}: linear All {100 * run['linear']['all']:.1f} "
+                f"{method} seed {seed}: linear All {100 * run['linear']['all']:.1f} "
                 f"Few {100 * run['linear']['few']:.1f} Std {100 * run['linear']['std']:.1f} "
                 f"kNN {100 * run['knn']['all']:.1f} ({run['epochs_completed']} epochs)"
             )
@@ -194,21 +290,16 @@ def run_experiment(
     config_record = dataclasses.asdict(config)
     config_record["device"] = str(device)
     return {
-        "dataset": {
-            "name": data.name,
-            "class_counts": data.class_counts.tolist(),
-            "groups": data.groups,
-            "probe": data.probe_note,
-            "test_per_class": np.bincount(data.y_test, minlength=data.num_classes).tolist(),
-        },
+        "dataset": dataset_record(data),
         "config": config_record,
-        "summary": summarize(runs, config.losses),
+        "summary": summarize(runs, config.methods),
+        "differences": paired_differences(runs, config.methods),
         "runs": runs,
     }
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine results of the same dataset run as separate jobs (e.g. one per loss).
+    """Combine results of the same dataset run as separate jobs (e.g. one per method).
 
     Raises:
         ValueError: if the parts differ in dataset or a part is unfinished.
@@ -221,12 +312,13 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         if part["dataset"] != parts[0]["dataset"]:
             raise ValueError("cannot merge results of different datasets")
     runs = [run for part in parts for run in part["runs"]]
-    losses = list(dict.fromkeys(run["loss"] for run in runs))
+    methods = list(dict.fromkeys(run["method"] for run in runs))
     return {
         "dataset": parts[0]["dataset"],
         "config": [part["config"] for part in parts],
         "commands": [part.get("command") for part in parts],
         "wall_seconds": [part.get("wall_seconds") for part in parts],
-        "summary": summarize(runs, losses),
+        "summary": summarize(runs, methods),
+        "differences": paired_differences(runs, methods),
         "runs": runs,
     }

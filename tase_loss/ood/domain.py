@@ -27,7 +27,7 @@ class DomainHead(nn.Module):
     """Two-layer MLP from embeddings to one ID-vs-OOD logit per sample.
 
     Args:
-        embedding_dim: ``D``, the size of the embeddings it reads.
+        feature_dim: ``D``, the size of the embeddings it reads.
         hidden_dim: width of the hidden layer.
 
     Shape:
@@ -36,18 +36,18 @@ class DomainHead(nn.Module):
 
     Example:
         >>> import torch
-        >>> head = DomainHead(embedding_dim=16)
+        >>> head = DomainHead(feature_dim=16)
         >>> head(torch.randn(4, 16)).shape
         torch.Size([4])
     """
 
-    def __init__(self, embedding_dim: int, hidden_dim: int = 64) -> None:
+    def __init__(self, feature_dim: int, hidden_dim: int = 64) -> None:
         super().__init__()
-        for name, value in (("embedding_dim", embedding_dim), ("hidden_dim", hidden_dim)):
+        for name, value in (("feature_dim", feature_dim), ("hidden_dim", hidden_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.layers = nn.Sequential(
-            nn.Linear(embedding_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1)
+            nn.Linear(feature_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1)
         )
 
     def forward(self, embeddings: Tensor) -> Tensor:
@@ -85,7 +85,7 @@ def domain_discrimination_loss(
         )
     if logits.shape[0] == 0:
         raise ValueError("logits is empty: the loss needs at least one sample")
-    check_embeddings("logits", logits[:, None])
+    check_embeddings("logits", logits[:, None], nonzero_rows=False)
     if not isinstance(is_ood, Tensor) or is_ood.dtype != torch.bool:
         raise TypeError("is_ood must be a bool torch.Tensor")
     if is_ood.shape != logits.shape:

@@ -30,18 +30,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from tase_loss._validation import TemperatureLike, check_embeddings, check_same_shape
-from tase_loss.functional import (
-    _accumulation_dtype,
-    _check_common,
-    _two_view_rows,
-    _unit_rows,
-    contrastive_targets,
-    weighted_reduce,
-)
+from tase_loss._numerics import accumulation_dtype, unit_rows
+from tase_loss._validation import TemperatureLike, check_embeddings, check_int, check_real, check_reduction, check_same_shape
+from tase_loss.functional import nt_xent_target_loss, weighted_reduce
 
 __all__ = ["guided_contrastive_loss", "guided_targets", "similarity_distillation_loss"]
 
@@ -105,35 +98,17 @@ def guided_targets(
     return target, pair_weight
 
 
-def _student_and_guide(
-    out0: Tensor, out1: Tensor, guide0: Tensor, guide1: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Validate, then return the unit student views and unit, detached guide views."""
+def _unit_guide(out0: Tensor, guide0: Tensor, guide1: Tensor) -> Tensor:
+    """Validate the guide's views against ``out0``; return them as detached unit rows ``(2B, E)``."""
     check_embeddings("out0", out0)
-    check_embeddings("out1", out1)
-    check_same_shape("out1", out1, "out0", out0)
     check_embeddings("guide0", guide0)
     check_embeddings("guide1", guide1)
     check_same_shape("guide1", guide1, "guide0", guide0)
     if guide0.shape[0] != out0.shape[0]:
-        raise ValueError(
-            f"guide0 holds {guide0.shape[0]} samples but out0 holds {out0.shape[0]}"
-        )
+        raise ValueError(f"guide0 holds {guide0.shape[0]} samples but out0 holds {out0.shape[0]}")
     if guide0.device != out0.device:
         raise ValueError(f"guide0 is on {guide0.device} but out0 is on {out0.device}")
-    if out0.shape[0] < 2:
-        raise ValueError(
-            f"out0 holds {out0.shape[0]} sample(s); a contrast needs at least 2 (no negatives)"
-        )
-    student = _unit_rows(torch.cat([out0, out1]))
-    guide = torch.cat([guide0, guide1]).detach().to(_accumulation_dtype(out0))
-    return student, F.normalize(guide, dim=1)
-
-
-def _check_positive_float(name: str, value: object) -> None:
-    finite_positive = isinstance(value, (int, float)) and 0 < value < float("inf")
-    if isinstance(value, bool) or not finite_positive:
-        raise ValueError(f"{name} must be a finite value > 0, got {value!r}")
+    return unit_rows(torch.cat([guide0, guide1]).detach(), accumulation_dtype(out0.dtype))
 
 
 def guided_contrastive_loss(
@@ -177,45 +152,14 @@ def guided_contrastive_loss(
         >>> torch.allclose(plain, nt_xent_loss(out0, out1))
         True
     """
-    student, guide = _student_and_guide(out0, out1, guide0, guide1)
+    guide = _unit_guide(out0, guide0, guide1)
     batch_size = out0.shape[0]
-    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int):
-        raise TypeError(f"num_neighbors must be an int, got {type(num_neighbors).__name__}")
-    if not 0 <= num_neighbors <= 2 * batch_size - 2:
-        raise ValueError(
-            f"num_neighbors must lie in [0, {2 * batch_size - 2}] for a batch of {batch_size},"
-            f" got {num_neighbors}"
-        )
-    if isinstance(neighbor_mass, bool) or not isinstance(neighbor_mass, (int, float)) or not (
-        0 <= neighbor_mass < 1
-    ):
-        raise ValueError(f"neighbor_mass must lie in [0, 1), got {neighbor_mass!r}")
-    _check_positive_float("neighbor_temperature", neighbor_temperature)
-    if isinstance(repulsion_power, bool) or not isinstance(repulsion_power, (int, float)) or not (
-        0 <= repulsion_power < float("inf")
-    ):
-        raise ValueError(f"repulsion_power must be a finite value >= 0, got {repulsion_power!r}")
-    _check_common(temperature, weight, reduction, out0)
-
-    target, pair_weight = guided_targets(
-        guide,
-        num_neighbors,
-        float(neighbor_mass),
-        float(neighbor_temperature),
-        float(repulsion_power),
-    )
-    rows = torch.arange(2 * batch_size, device=out0.device)
-    inverse_temperature, row_weight = _two_view_rows(temperature, weight, batch_size, out0)
-    weighted_loss = contrastive_targets(
-        student,
-        student,
-        target,
-        rows,
-        inverse_temperature,
-        torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
-        pair_weight,
-    )
-    return weighted_reduce(weighted_loss, row_weight, reduction)
+    check_int("num_neighbors", num_neighbors, 0, max(0, 2 * batch_size - 2))
+    neighbor_mass = check_real("neighbor_mass", neighbor_mass, 0.0, 1.0, exclusive_maximum=True)
+    neighbor_temperature = check_real("neighbor_temperature", neighbor_temperature, 0.0, exclusive_minimum=True)
+    repulsion_power = check_real("repulsion_power", repulsion_power, 0.0)
+    target, pair_weight = guided_targets(guide, num_neighbors, neighbor_mass, neighbor_temperature, repulsion_power)
+    return nt_xent_target_loss(out0, out1, target, temperature, weight, reduction, pair_weight=pair_weight)
 
 
 def similarity_distillation_loss(
@@ -251,18 +195,13 @@ def similarity_distillation_loss(
         >>> abs(float(same)) < 1e-5
         True
     """
-    student, guide = _student_and_guide(out0, out1, guide0, guide1)
-    _check_positive_float("guide_temperature", guide_temperature)
-    _check_common(temperature, weight, reduction, out0)
-
-    batch_size = out0.shape[0]
-    rows = torch.arange(2 * batch_size, device=out0.device)
+    check_reduction(reduction)  # the per-row entropy joins the rows before the reduction
+    guide = _unit_guide(out0, guide0, guide1)
+    guide_temperature = check_real("guide_temperature", guide_temperature, 0.0, exclusive_minimum=True)
     guide_logits = (guide @ guide.T / guide_temperature).fill_diagonal_(float("-inf"))
     guide_distribution = torch.softmax(guide_logits, dim=1)
-    inverse_temperature, row_weight = _two_view_rows(temperature, weight, batch_size, out0)
-    unit_weight = torch.ones_like(inverse_temperature) if row_weight is None else row_weight
-    cross_entropy = contrastive_targets(
-        student, student, guide_distribution, rows, inverse_temperature, unit_weight
-    )
+    cross_entropy = nt_xent_target_loss(out0, out1, guide_distribution, temperature, weight, "none")
+    row_weight = None if weight is None else weight.to(cross_entropy.dtype).repeat(2)
     negative_entropy = torch.special.xlogy(guide_distribution, guide_distribution).sum(dim=1)
+    unit_weight = torch.ones_like(negative_entropy) if row_weight is None else row_weight
     return weighted_reduce(cross_entropy + unit_weight * negative_entropy, row_weight, reduction)

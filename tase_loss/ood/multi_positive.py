@@ -23,19 +23,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tase_loss._validation import (
-    TemperatureLike,
-    check_embeddings,
-    check_labels,
-    check_same_shape,
-)
-from tase_loss.functional import (
-    _check_common,
-    _two_view_rows,
-    _unit_rows,
-    contrastive_targets,
-    weighted_reduce,
-)
+from tase_loss._numerics import accumulation_dtype
+from tase_loss._validation import TemperatureLike, check_embeddings, check_labels, check_real
+from tase_loss.functional import nt_xent_target_loss
 
 __all__ = ["label_targets", "pseudo_semantic_loss"]
 
@@ -108,34 +98,13 @@ def pseudo_semantic_loss(
         torch.Size([])
     """
     check_embeddings("out0", out0)
-    check_embeddings("out1", out1)
-    check_same_shape("out1", out1, "out0", out0)
     batch_size = out0.shape[0]
-    if batch_size < 2:
-        raise ValueError(
-            f"out0 holds {batch_size} sample(s); a contrast needs at least 2 (no negatives)"
-        )
     check_labels("labels", labels, batch_size, out0.device)
-    if isinstance(instance_mass, bool) or not isinstance(instance_mass, (int, float)) or not (
-        0 <= instance_mass <= 1
-    ):
-        raise ValueError(f"instance_mass must lie in [0, 1], got {instance_mass!r}")
-    _check_common(temperature, weight, reduction, out0)
-
-    embeddings = _unit_rows(torch.cat([out0, out1]))
+    instance_mass = check_real("instance_mass", instance_mass, 0.0, 1.0)
     rows = torch.arange(2 * batch_size, device=out0.device)
     view_labels = labels.long().repeat(2)
-    inverse_temperature, row_weight = _two_view_rows(temperature, weight, batch_size, out0)
     target = (1.0 - instance_mass) * label_targets(
-        view_labels, view_labels, rows, inverse_temperature.dtype
+        view_labels, view_labels, rows, accumulation_dtype(out0.dtype)
     )
     target[rows, rows.roll(batch_size)] += instance_mass
-    weighted_loss = contrastive_targets(
-        embeddings,
-        embeddings,
-        target,
-        rows,
-        inverse_temperature,
-        torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
-    )
-    return weighted_reduce(weighted_loss, row_weight, reduction)
+    return nt_xent_target_loss(out0, out1, target, temperature, weight, reduction)

@@ -34,6 +34,8 @@ from tase_loss.ood.domain import DomainHead, domain_discrimination_loss
 from tase_loss.ood.guided import guided_contrastive_loss, similarity_distillation_loss
 from tase_loss.ood.multi_positive import pseudo_semantic_loss
 from tase_loss.ood.sampler import TailBiasedOODSampler
+from tase_loss.estimators import ClusterSizeEstimator
+from tase_loss.guidance import Guidance
 from tase_loss.pseudo_labeler import PseudoLabeler
 from tase_loss.reweighting import SampleReweighter, TemperatureMap
 
@@ -51,11 +53,12 @@ class TwoStageConfig:
         stage2_epochs: epochs of stage 2 (ID only, guided).
         ood_batch_size: OOD samples added to every stage-1 batch.
         num_clusters: ``k`` of the joint ID + OOD k-means.
-        warmup_epochs: stage-1 epochs before the first clustering.
+        warmup_epochs: stage-1 epochs before the first clustering (``>= 1``; the first
+            clustering ends epoch ``warmup_epochs - 1``).
         temperature: base temperature ``t`` of every contrastive term.
         instance_mass: target share of the other view in the pseudo semantic loss.
-        temperature_gamma: exponent of the :class:`~tase_loss.TemperatureMap`.
-        reweight_alpha: exponent of the :class:`~tase_loss.SampleReweighter`.
+        gamma: exponent of the :class:`~tase_loss.TemperatureMap`.
+        alpha: exponent of the :class:`~tase_loss.SampleReweighter`.
         domain_weight: factor of the domain discrimination loss.
         domain_learning_rate: Adam learning rate of the domain head.
         tail_power: the sampler's exponent on inverse ID cluster size.
@@ -76,8 +79,8 @@ class TwoStageConfig:
     warmup_epochs: int = 3
     temperature: float = 0.2
     instance_mass: float = 0.5
-    temperature_gamma: float = 0.25
-    reweight_alpha: float = 0.5
+    gamma: float = 0.25
+    alpha: float = 0.5
     domain_weight: float = 0.1
     domain_learning_rate: float = 1e-3
     tail_power: float = 1.0
@@ -96,15 +99,15 @@ class TwoStageConfig:
             "stage2_epochs": (self.stage2_epochs, 0),
             "ood_batch_size": (self.ood_batch_size, 1),
             "num_clusters": (self.num_clusters, 1),
-            "warmup_epochs": (self.warmup_epochs, 0),
+            "warmup_epochs": (self.warmup_epochs, 1),
             "num_neighbors": (self.num_neighbors, 0),
         }
         for name, (value, minimum) in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if self.warmup_epochs >= self.stage1_epochs:
+        if self.warmup_epochs > self.stage1_epochs:
             raise ValueError(
-                f"warmup_epochs ({self.warmup_epochs}) must be smaller than stage1_epochs "
+                f"warmup_epochs ({self.warmup_epochs}) must not exceed stage1_epochs "
                 f"({self.stage1_epochs}): stage 1 needs at least one clustering"
             )
         for name in ("domain_weight", "distillation_weight", "tail_power", "repulsion_power"):
@@ -123,7 +126,7 @@ class TwoStageOOD:
     Args:
         ood_data: ``(N_ood, ...)`` OOD inputs, same layout as the ID inputs.
         num_id: ``N_id``; ID dataset indices lie in ``[0, N_id)``.
-        embedding_dim: ``D``, the size of the network's output.
+        feature_dim: ``D``, the size of the network's output.
         augment: maps a batch of inputs to one random view (used on OOD inputs;
             the loop augments the ID inputs itself).
         config: the recipe's settings.
@@ -131,10 +134,10 @@ class TwoStageOOD:
     Example:
         >>> import torch
         >>> ood = torch.randn(40, 6)
-        >>> method = TwoStageOOD(ood, num_id=30, embedding_dim=4,
+        >>> method = TwoStageOOD(ood, num_id=30, feature_dim=4,
         ...                      augment=lambda x: x + 0.1 * torch.randn_like(x),
         ...                      config=TwoStageConfig(stage1_epochs=2, stage2_epochs=1,
-        ...                                            warmup_epochs=0, num_clusters=3,
+        ...                                            warmup_epochs=1, num_clusters=3,
         ...                                            ood_batch_size=8))
         >>> model = torch.nn.Linear(6, 4)
         >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -152,7 +155,7 @@ class TwoStageOOD:
         self,
         ood_data: Tensor,
         num_id: int,
-        embedding_dim: int,
+        feature_dim: int,
         augment: Augment,
         config: Optional[TwoStageConfig] = None,
     ) -> None:
@@ -170,18 +173,19 @@ class TwoStageOOD:
         self.augment = augment
         self.pseudo_labeler = PseudoLabeler(
             num_id + self.num_ood,
-            embedding_dim,
-            config.num_clusters,
+            feature_dim,
+            ClusterSizeEstimator(config.num_clusters),
             warmup_epochs=config.warmup_epochs,
             seed=config.seed,
         )
-        self.temperature_map = TemperatureMap(
-            base_temperature=config.temperature, gamma=config.temperature_gamma
+        self.guidance = Guidance(
+            self.pseudo_labeler,
+            TemperatureMap(base_temperature=config.temperature, gamma=config.gamma),
+            SampleReweighter(alpha=config.alpha),
         )
-        self.reweighter = SampleReweighter(alpha=config.reweight_alpha)
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(config.seed)
-        self.domain_head = DomainHead(embedding_dim)
+        self.domain_head = DomainHead(feature_dim)
         torch.random.set_rng_state(generator_state)
         self.domain_optimizer = torch.optim.Adam(
             self.domain_head.parameters(), lr=config.domain_learning_rate
@@ -203,8 +207,8 @@ class TwoStageOOD:
         batch: tuple[Tensor, Tensor, Tensor],
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-    ) -> float:
-        """One optimization step on an ID batch; returns the loss value.
+    ) -> Tensor:
+        """One optimization step on an ID batch; returns the detached 0-dim loss.
 
         Args:
             batch: ``(index, view0, view1)``: ``(B,)`` ID dataset indices and two
@@ -225,7 +229,7 @@ class TwoStageOOD:
         optimizer.step()
         if self.stage == 1:
             self.domain_optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     def stage1_loss(self, model: nn.Module, index: Tensor, view0: Tensor, view1: Tensor) -> Tensor:
         """Pseudo semantic discrimination over ID + OOD views plus domain discrimination."""
@@ -300,7 +304,7 @@ class TwoStageOOD:
             raise RuntimeError("on_epoch_end() was called before any training_step()")
         if self.stage == 1:
             self._refresh_ood_features(self._model)
-            if self.pseudo_labeler.maybe_recluster(epoch):
+            if self.pseudo_labeler.end_epoch(epoch):
                 self.ood_sampler = self._tail_biased_sampler()
                 self._ood_queue = []
             if epoch + 1 == self.config.stage1_epochs:
@@ -313,12 +317,8 @@ class TwoStageOOD:
         """Pseudo-labels, temperatures and weights; distinct labels before clustering."""
         if not self.pseudo_labeler.is_fitted:
             return bank_index.to(device), self.config.temperature, None
-        frequency = self.pseudo_labeler.frequency(bank_index)
-        reference = self.pseudo_labeler.frequency_reference()
-        labels = self.pseudo_labeler.labels[bank_index]
-        temperature = self.temperature_map(frequency, reference)
-        weight = self.reweighter(frequency, reference)
-        return labels.to(device), temperature.to(device), weight.to(device)
+        temperature, weight = self.guidance.lookup(bank_index, device)
+        return self.pseudo_labeler.labels[bank_index].to(device), temperature, weight
 
     def _next_ood_index(self, count: int) -> Tensor:
         """The next ``count`` OOD indices: uniform draws, then the sampler's."""
@@ -391,7 +391,7 @@ def train_two_stage(
     id_data: Tensor,
     ood_data: Tensor,
     augment: Augment,
-    embedding_dim: int,
+    feature_dim: int,
     *,
     config: Optional[TwoStageConfig] = None,
     batch_size: int = 128,
@@ -405,7 +405,7 @@ def train_two_stage(
         id_data: ``(N_id, ...)`` unlabeled ID inputs.
         ood_data: ``(N_ood, ...)`` unlabeled OOD inputs.
         augment: a batch of inputs -> one random view.
-        embedding_dim: ``D``.
+        feature_dim: ``D``.
         config: the recipe's settings.
         batch_size: ID samples per batch (the last, short batch is dropped).
         learning_rate: SGD learning rate of the network.
@@ -423,7 +423,7 @@ def train_two_stage(
             f"id_data holds {id_data.shape[0]} samples, fewer than batch_size={batch_size}"
         )
     torch.manual_seed(seed)
-    method = TwoStageOOD(ood_data, id_data.shape[0], embedding_dim, augment, config)
+    method = TwoStageOOD(ood_data, id_data.shape[0], feature_dim, augment, config)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9)
     order_generator = torch.Generator().manual_seed(seed)
     history = []
@@ -439,5 +439,5 @@ def train_two_stage(
             batch = (index.to(device), augment(inputs), augment(inputs))
             losses.append(method.training_step(batch, model, optimizer))
         method.on_epoch_end(epoch)
-        history.append({"epoch": epoch, "stage": stage, "loss": sum(losses) / len(losses)})
+        history.append({"epoch": epoch, "stage": stage, "loss": float(torch.stack(losses).mean())})
     return model, history

@@ -166,7 +166,7 @@ class TailBiasedOODSampler(Sampler[int]):
             raise ValueError(
                 f"num_id must lie in [1, {pseudo_labeler.num_samples - 1}], got {num_id!r}"
             )
-        bank = pseudo_labeler.bank.float()
+        bank = pseudo_labeler.bank.rows(torch.arange(pseudo_labeler.num_samples))
         return cls(
             bank[:num_id],
             pseudo_labeler.labels[:num_id],

@@ -1,0 +1,199 @@
+"""SimCLR / MoCo v2 methods, plain or TASE-guided, and the oracle upper bound."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tase_loss import (
+    DEFAULT_ESTIMATOR,
+    PseudoLabeler,
+    SampleReweighter,
+    TASEContrastiveLoss,
+    TemperatureMap,
+    build_estimator,
+)
+from tase_loss.estimators import FrequencyEstimator
+from tase_loss.experiments.encoders import ContrastiveModel
+from tase_loss.experiments.methods.base import Batch, Method, MethodContext, frozen_copy, momentum_update
+
+__all__ = [
+    "ContrastiveMethod",
+    "MoCoSettings",
+    "OracleContrastiveMethod",
+    "TASESettings",
+    "build_labeler",
+]
+
+CLUSTER_ESTIMATORS = ("cluster-size", "merged-clusters")
+
+
+@dataclass(frozen=True)
+class TASESettings:
+    """TASE's knobs (docs/METHOD.md), shared by every guided method.
+
+    Attributes:
+        temperature: base temperature ``t_base`` (NT-Xent's ``t``).
+        gamma: exponent of the power temperature map.
+        min_temperature, max_temperature: temperature clip range (``None``: derived
+            from ``temperature``, ``[t/4, 5t]``).
+        mapping: ``"power"`` or ``"range"``.
+        alpha: re-weighting exponent; ``max_weight`` its clip.
+        estimator: frequency estimator name (:data:`tase_loss.estimators.ESTIMATORS`).
+        num_clusters: ``k`` (groups) of the clustering estimators; a tuple is an ensemble.
+        warmup_epochs: epochs of plain NT-Xent before the first estimate.
+        estimate_every: epochs between estimates.
+        momentum: EMA factor of the log-frequency across estimates.
+    """
+
+    temperature: float = 0.2
+    gamma: float = 0.25
+    min_temperature: Optional[float] = None
+    max_temperature: Optional[float] = None
+    mapping: str = "power"
+    alpha: float = 0.5
+    max_weight: float = 10.0
+    estimator: str = DEFAULT_ESTIMATOR
+    num_clusters: tuple[int, ...] = (10,)
+    warmup_epochs: int = 10
+    estimate_every: int = 1
+    momentum: float = 0.5
+
+    def build_estimator(self) -> FrequencyEstimator:
+        """The estimator these settings name (``num_clusters`` goes to clustering ones)."""
+        if self.estimator in CLUSTER_ESTIMATORS:
+            return build_estimator(self.estimator, num_clusters=self.num_clusters)
+        return build_estimator(self.estimator)
+
+
+@dataclass(frozen=True)
+class MoCoSettings:
+    """MoCo v2's knobs: the queue length and the key (or BYOL target) encoder's momentum."""
+
+    queue_size: int = 4096
+    encoder_momentum: float = 0.99
+
+
+def build_labeler(context: MethodContext, feature_dim: int, estimator: Optional[FrequencyEstimator] = None) -> PseudoLabeler:
+    """The run's pseudo-labeler: TASE's schedule, the bank on the training device."""
+    tase = context.settings.tase
+    return PseudoLabeler(
+        context.num_samples,
+        feature_dim,
+        estimator or tase.build_estimator(),
+        warmup_epochs=tase.warmup_epochs,
+        estimate_every=tase.estimate_every,
+        momentum=tase.momentum,
+        seed=context.seed,
+        # FAISS's own OpenMP pool next to torch's oversubscribes a small CPU.
+        num_threads=torch.get_num_threads(),
+        device=context.device,
+    )
+
+
+class ContrastiveMethod(Method):
+    """SimCLR (NT-Xent) or MoCo v2 (queue + momentum key encoder), optionally TASE-guided.
+
+    The pseudo-labeler's bank stores the backbone features of the first view (they
+    estimate frequencies better than projections; ``docs/results.md``).
+
+    Args:
+        context: see :class:`~tase_loss.experiments.methods.base.MethodContext`.
+        model: the encoder being trained (MoCo copies it as its key encoder).
+        guidance: ``None`` (plain loss), ``"both"`` (TASE), ``"temperature"`` (per-sample
+            temperature, unit weights) or ``"weight"`` (re-weighting, one temperature).
+        moco: use a queue and a momentum key encoder.
+    """
+
+    GUIDANCE = (None, "both", "temperature", "weight")
+
+    def __init__(
+        self, context: MethodContext, model: ContrastiveModel, guidance: Optional[str], moco: bool = False
+    ) -> None:
+        if guidance not in self.GUIDANCE:
+            raise ValueError(f"guidance must be one of {self.GUIDANCE}, got {guidance!r}")
+        super().__init__(context)
+        tase, queue = context.settings.tase, context.settings.moco
+        temperature_map = reweighter = None
+        if guidance is not None:
+            self.labeler = build_labeler(context, model.feature_dim)
+            temperature_map = TemperatureMap(
+                tase.temperature,
+                gamma=0.0 if guidance == "weight" else tase.gamma,
+                min_temperature=tase.min_temperature,
+                max_temperature=tase.max_temperature,
+                mapping="power" if guidance == "weight" else tase.mapping,
+            )
+            reweighter = SampleReweighter(
+                alpha=0.0 if guidance == "temperature" else tase.alpha, max_weight=tase.max_weight
+            )
+        self.criterion = TASEContrastiveLoss(
+            tase.temperature,
+            pseudo_labeler=self.labeler,
+            temperature_map=temperature_map,
+            reweighter=reweighter,
+            queue_size=queue.queue_size if moco else 0,
+            feature_dim=model.projection_dim if moco else None,
+        )
+        self.guidance = self.criterion.guidance
+        self.key_encoder = frozen_copy(model) if moco else None
+        self.encoder_momentum = queue.encoder_momentum
+
+    def loss(self, out0: Tensor, out1: Tensor, batch: Batch, features0: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        """The criterion on fp32 projections: guided by ``index=`` when a labeler exists."""
+        if self.labeler is None or weight is not None:
+            return self.criterion(out0.float(), out1.float(), weight=weight)
+        return self.criterion(out0.float(), out1.float(), index=batch.index, features=features0)
+
+    def embed(self, batch: Batch, model: ContrastiveModel) -> tuple[Tensor, Tensor, Tensor]:
+        """``(features0, out0, out1)``: first-view backbone features and both views' projections."""
+        with self.precision.autocast():
+            if self.key_encoder is None:
+                features, projections = model(torch.cat([batch.view0, batch.view1]))
+                out0, out1 = projections.chunk(2)
+                return features[: batch.index.shape[0]], out0, out1
+            features0, out0 = model(batch.view0)
+            with torch.no_grad():
+                momentum_update(model, self.key_encoder, self.encoder_momentum)
+                _, out1 = self.key_encoder(batch.view1)
+            return features0, out0, out1
+
+    def training_step(self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+        features0, out0, out1 = self.embed(batch, model)
+        loss = self.loss(out0, out1, batch, features0.float())
+        self.precision.backward_step(loss, optimizer)
+        return {"loss": loss.detach()}
+
+
+class OracleContrastiveMethod(ContrastiveMethod):
+    """TASE with the true class frequencies in place of the estimates (an upper bound).
+
+    At the end of the warm-up the pseudo-labeler's state is set to the true labels and
+    ``f_i = n_class(i) / N``, and it is never re-estimated. Separates "the estimates are
+    poor" from "the temperature/weight mechanism does not help".
+    """
+
+    def __init__(self, context: MethodContext, model: ContrastiveModel) -> None:
+        if context.train_labels is None:
+            raise ValueError("the oracle method needs the true training labels (MethodContext.train_labels)")
+        super().__init__(context, model, guidance="both")
+        self.train_labels = torch.as_tensor(context.train_labels, dtype=torch.int64)
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        labeler = self.labeler
+        assert labeler is not None
+        if labeler.is_fitted or not labeler.should_estimate(epoch):
+            return {}
+        counts = torch.bincount(self.train_labels).double()
+        state = labeler.state_dict()
+        state.update(
+            labels=self.train_labels.clone(),
+            log_frequency=(counts / counts.sum()).log()[self.train_labels],
+            has_estimate=torch.ones_like(state["has_estimate"]),
+            num_estimates=1,
+        )
+        labeler.load_state_dict(state)
+        return {"estimated": 1.0}

@@ -1,0 +1,162 @@
+"""Frequency estimators: hand-computed cases, loop oracles, the planted-mixture bar, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tase_loss import (
+    DEFAULT_ESTIMATOR,
+    ClusterSizeEstimator,
+    KNNDensityEstimator,
+    MergedClusterEstimator,
+    MomentumLossEstimator,
+    PseudoLabeler,
+    build_estimator,
+    knn_log_density,
+)
+from tase_loss.estimators import ESTIMATORS, _mutual_edges, intrinsic_dimension
+from tase_loss.experiments.data import group_classes, planted_mixture
+from tase_loss.experiments.evaluation import frequency_quality
+
+
+def _separated(sizes, dim=8, spread=0.01, seed=0):
+    """Tight clusters around orthogonal directions: any sane clustering recovers them."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((size,), c) for c, size in enumerate(sizes)])
+    points = torch.eye(dim)[labels] + spread * torch.randn(len(labels), dim, generator=generator)
+    return torch.nn.functional.normalize(points, dim=1), labels
+
+
+def test_cluster_size_is_the_share_of_the_cluster():
+    points, labels = _separated([8, 4, 2])
+    estimate = ClusterSizeEstimator(num_clusters=3).estimate(points)
+    expected = torch.log(torch.tensor([8.0, 4.0, 2.0], dtype=torch.float64) / 14)[labels]
+    torch.testing.assert_close(estimate.log_frequency, expected)
+    assert estimate.diagnostics["num_groups"] == 3.0 and estimate.diagnostics["seconds"] >= 0
+
+
+def test_merged_clusters_count_a_split_head_class_whole():
+    sizes = [300, 60, 12]
+    points, labels = _separated(sizes, spread=0.05)
+    estimate = MergedClusterEstimator(num_clusters=3, over_clustering=10).estimate(points)
+    expected = torch.log(torch.tensor(sizes, dtype=torch.float64) / sum(sizes))[labels]
+    torch.testing.assert_close(estimate.log_frequency, expected)
+    assert estimate.diagnostics["num_fine_clusters"] > 3
+
+
+def test_intrinsic_dimension_of_a_line_and_a_plane():
+    generator = np.random.default_rng(0)
+    for dim in (1, 2):
+        points = generator.uniform(size=(3000, dim))
+        distance = np.sort(np.linalg.norm(points[:, None] - points[None, :], axis=2), axis=1)[:, 1:11]
+        assert intrinsic_dimension(distance) == pytest.approx(dim, rel=0.15)
+
+
+def test_kth_neighbor_log_density_matches_a_loop():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.nn.functional.normalize(torch.randn(40, 5, generator=generator, dtype=torch.float64), dim=1)
+    k, dimension = 4, 3.0
+    log_density = knn_log_density(points, k=k, dimension=dimension)
+    for i in range(40):
+        distances = sorted(math.dist(points[i].tolist(), points[j].tolist()) for j in range(40) if j != i)
+        assert float(log_density[i]) == pytest.approx(-dimension * math.log(distances[k - 1]), rel=1e-4)
+
+
+def test_mutual_edges_by_hand():
+    # 0 <-> 1 list each other; 2 lists 0 but 0 does not list 2.
+    neighbors = np.array([[1], [0], [0]])
+    assert _mutual_edges(neighbors).tolist() == [[True], [True], [False]]
+
+
+def test_knn_density_smoothing_matches_a_loop():
+    generator = torch.Generator().manual_seed(1)
+    points = torch.nn.functional.normalize(torch.randn(30, 4, generator=generator), dim=1)
+    raw = KNNDensityEstimator(5, graph_neighbors=6, smoothing_rounds=0).estimate(points).log_frequency
+    smooth = KNNDensityEstimator(5, graph_neighbors=6, smoothing_rounds=2).estimate(points).log_frequency
+    unit = points.double()
+    similarity = unit @ unit.T
+    similarity.fill_diagonal_(-math.inf)
+    listed = [set(similarity[i].topk(6).indices.tolist()) for i in range(30)]
+    mutual = [[j for j in listed[i] if i in listed[j]] for i in range(30)]
+    values = raw.tolist()
+    for _ in range(2):
+        values = [
+            0.5 * (values[i] + sum(values[j] for j in mutual[i]) / len(mutual[i])) if mutual[i] else values[i]
+            for i in range(30)
+        ]
+    expected = torch.tensor(values, dtype=torch.float64)
+    torch.testing.assert_close(smooth, expected - expected.max(), rtol=0, atol=1e-9)
+
+
+def test_momentum_loss_is_minus_the_standardized_loss():
+    loss = torch.tensor([2.0, 4.0, 6.0])
+    estimate = MomentumLossEstimator(scale=2.0).estimate(torch.zeros(3, 1), loss=loss)
+    z = (loss.double() - 4.0) / 2.0
+    torch.testing.assert_close(estimate.log_frequency, -2.0 * z - float((-2.0 * z).max()))
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_every_estimator_is_deterministic_and_non_positive(name):
+    points, _ = _separated([40, 20, 10], spread=0.3, seed=2)
+    estimator = build_estimator(name)
+    loss = torch.rand(points.shape[0], generator=torch.Generator().manual_seed(0))
+    if not estimator.uses_loss and estimator.minimum_samples > points.shape[0]:
+        pytest.skip("needs more samples")
+    kwargs = {"loss": loss} if estimator.uses_loss else {}
+    first = estimator.estimate(points, seed=4, **kwargs)
+    second = estimator.estimate(points, seed=4, **kwargs)
+    assert torch.equal(first.log_frequency, second.log_frequency)
+    assert first.log_frequency.dtype == torch.float64 and bool((first.log_frequency <= 0).all())
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: ClusterSizeEstimator(num_clusters=0), "num_clusters must be an integer >= 1"),
+        (lambda: MergedClusterEstimator(over_clustering=0), "over_clustering must be an integer >= 1"),
+        (lambda: KNNDensityEstimator(num_neighbors=0), "num_neighbors must be an integer >= 1"),
+        (lambda: KNNDensityEstimator(kernel="box"), "kernel must be one of"),
+        (lambda: MomentumLossEstimator(scale=float("nan")), "scale must be a finite number > 0"),
+        (lambda: build_estimator("k-means"), "estimator must be one of"),
+    ],
+)
+def test_bad_options_name_themselves(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs at least 10 samples, got 4"):
+        ClusterSizeEstimator(10).estimate(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="needs at least 21 samples"):
+        KNNDensityEstimator().estimate(torch.randn(20, 3))
+    with pytest.raises(ValueError, match="per-sample losses"):
+        MomentumLossEstimator().estimate(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        MomentumLossEstimator().estimate(torch.zeros(3, 2), loss=torch.tensor([1.0, float("nan"), 2.0]))
+    with pytest.raises(ValueError, match="features contains NaN"):
+        knn_log_density(torch.tensor([[1.0, float("nan")], [0.0, 1.0], [1.0, 1.0]]), k=1)
+
+
+@pytest.mark.parametrize("overlap", ["low", "moderate"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_estimator_sees_the_long_tail_of_planted_mixtures(overlap, seed):
+    """The bar of docs/results.md: Spearman >= 0.6 and >= 50 % of the log Few/Many gap."""
+    points, labels = planted_mixture(seed, overlap)
+    estimate = build_estimator(DEFAULT_ESTIMATOR).estimate(torch.from_numpy(points), seed=seed)
+    quality = frequency_quality(estimate.log_frequency.numpy(), labels, group_classes(np.bincount(labels)))
+    assert quality["spearman"] >= 0.6, quality
+    assert quality["gap_recovered"] >= 0.5, quality
+
+
+def test_labeler_estimate_failure_mutates_nothing():
+    labeler = PseudoLabeler(50, 4, KNNDensityEstimator(), warmup_epochs=1)
+    labeler.update(torch.arange(10), torch.randn(10, 4))
+    before = labeler.state_dict()
+    with pytest.raises(ValueError, match="needs at least 21 samples, the bank holds 10"):
+        labeler.estimate()
+    after = labeler.state_dict()
+    assert all(torch.equal(before[key], after[key]) if isinstance(before[key], torch.Tensor)
+               else before[key] == after[key] for key in before)
