@@ -60,8 +60,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_w
     RowPass pass, const RowInputs& inputs, bool grad_keys) {
   const auto accumulate = accumulation_type(inputs.queries.scalar_type());
   auto weight = inputs.weight.to(accumulate).contiguous();
-  // The gradient for grad_loss == 1 on every row; the backward scales it by the actual
-  // (uniform) grad_loss, so a mean/sum-reduced loss costs three GEMMs, not four.
+  // The gradient for grad_loss == 1 on every row. The caller (tase_loss/ops.py) scales it
+  // by the actual grad_loss when it knows that one is uniform (a mean or sum of the rows),
+  // so such a loss costs the three GEMMs Q K^T, P K and P^T Q, not four.
   auto result = pass(inputs, weight, at::Tensor(), grad_keys);
   auto unit_grad_keys = grad_keys ? result.grad_keys
                                   : at::empty({0}, inputs.keys.options().dtype(accumulate));
@@ -69,53 +70,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_w
           result.grad_inverse_temperature};
 }
 
-namespace {
-
-bool is_defined(const c10::optional<at::Tensor>& tensor) {
-  return tensor.has_value() && tensor->defined();
-}
-
-// l_a = lse_a - z_a,pos from O(M D) work: the positive logit is one dot product per row.
-at::Tensor row_loss_from_lse(const RowInputs& inputs, const at::Tensor& lse) {
-  const auto accumulate = lse.scalar_type();
-  auto positives = inputs.keys.index_select(0, inputs.positive_index).to(accumulate);
-  auto positive_similarity = (inputs.queries.to(accumulate) * positives).sum(1);
-  return lse - inputs.inverse_temperature.to(accumulate) * positive_similarity;
-}
-
-bool is_uniform(const at::Tensor& values) {
-  return values.numel() == 0 || values.eq(values.reshape(-1)[0]).all().item<bool>();
-}
-
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_with(
     RowPass pass, const at::Tensor& grad_loss, const RowInputs& inputs, const at::Tensor& lse,
-    const c10::optional<at::Tensor>& unit_grad_queries,
-    const c10::optional<at::Tensor>& unit_grad_keys,
-    const c10::optional<at::Tensor>& unit_grad_inverse_temperature) {
+    bool grad_keys) {
   const auto accumulate = lse.scalar_type();
   TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == inputs.queries.size(0),
               "tase_loss: grad_loss must have shape (", inputs.queries.size(0), ",), got ",
               grad_loss.sizes());
   auto grad = grad_loss.to(accumulate);
-  const bool have_unit = is_defined(unit_grad_queries) && is_defined(unit_grad_keys) &&
-                         is_defined(unit_grad_inverse_temperature);
-  // A 1-D (0,) unit key gradient means the forward was told keys need no gradient.
-  const bool grad_keys = !(have_unit && unit_grad_keys->dim() == 1);
-  auto no_key_grad = at::empty({0}, inputs.keys.options());
-  if (have_unit && is_uniform(grad)) {
-    // grad_loss = g on every row (mean or sum reduction): the gradient is linear in it.
-    auto scale = grad.numel() == 0 ? at::zeros({}, grad.options()) : grad.reshape(-1)[0];
-    return {(*unit_grad_queries * scale).to(inputs.queries.scalar_type()),
-            grad_keys ? (*unit_grad_keys * scale).to(inputs.keys.scalar_type()) : no_key_grad,
-            (*unit_grad_inverse_temperature * scale).to(inputs.inverse_temperature.scalar_type()),
-            (grad * row_loss_from_lse(inputs, lse)).to(inputs.weight.scalar_type())};
-  }
   auto coefficient = (grad * inputs.weight.to(accumulate)).contiguous();
   auto result = pass(inputs, coefficient, lse.contiguous(), grad_keys);
   return {result.grad_queries.to(inputs.queries.scalar_type()),
-          grad_keys ? result.grad_keys.to(inputs.keys.scalar_type()) : no_key_grad,
+          grad_keys ? result.grad_keys.to(inputs.keys.scalar_type())
+                    : at::empty({0}, inputs.keys.options()),
           result.grad_inverse_temperature.to(inputs.inverse_temperature.scalar_type()),
           (grad * result.row_loss).to(inputs.weight.scalar_type())};
 }
@@ -129,11 +96,11 @@ TORCH_LIBRARY(tase_loss, m) {
       "Tensor self_index, Tensor inverse_temperature, Tensor weight, bool grad_keys) -> "
       "(Tensor loss, Tensor lse, Tensor unit_grad_queries, Tensor unit_grad_keys, "
       "Tensor unit_grad_inverse_temperature)");
+  // grad_keys=False: no key gradient is computed and the grad_keys output is empty (0,).
   m.def(
       "contrastive_backward(Tensor grad_loss, Tensor queries, Tensor keys, "
       "Tensor positive_index, Tensor self_index, Tensor inverse_temperature, Tensor weight, "
-      "Tensor lse, Tensor? unit_grad_queries=None, Tensor? unit_grad_keys=None, "
-      "Tensor? unit_grad_inverse_temperature=None) -> "
+      "Tensor lse, bool grad_keys) -> "
       "(Tensor grad_queries, Tensor grad_keys, Tensor grad_inverse_temperature, "
       "Tensor grad_weight)");
 }

@@ -8,9 +8,10 @@
 //
 // Every device kernel implements one "row pass": for blocks of rows against ALL keys it
 // computes the exact lse (or reuses a given one) and, when row coefficients c[a] are given,
-// the gradients of sum_a c[a] * (lse[a] - z[a, pos[a]]) / weight[a] * weight[a]; i.e. with
-// c[a] = grad_loss[a] * weight[a]. Only a (block_rows x N) scratch per thread and one
-// (N x D) key-gradient accumulator per thread exist; never the M x N matrix.
+// the gradients of sum_a c[a] * (lse[a] - z[a, pos[a]]) with respect to the queries, the
+// keys and the inverse temperatures; the op bodies pass c[a] = grad_loss[a] * weight[a].
+// Only a (block_rows x N) scratch per thread and one (N x D) key-gradient accumulator per
+// thread exist; never the M x N matrix.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -55,9 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_w
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_with(
     RowPass pass, const at::Tensor& grad_loss, const RowInputs& inputs, const at::Tensor& lse,
-    const c10::optional<at::Tensor>& unit_grad_queries,
-    const c10::optional<at::Tensor>& unit_grad_keys,
-    const c10::optional<at::Tensor>& unit_grad_inverse_temperature);
+    bool grad_keys);
 
 // The op signatures over a device's row pass, so that each device file only registers
 // `forward_op<its_pass>` and friends.
@@ -86,13 +85,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
     const at::Tensor& grad_loss, const at::Tensor& queries, const at::Tensor& keys,
     const at::Tensor& positive_index, const at::Tensor& self_index,
     const at::Tensor& inverse_temperature, const at::Tensor& weight, const at::Tensor& lse,
-    const c10::optional<at::Tensor>& unit_grad_queries,
-    const c10::optional<at::Tensor>& unit_grad_keys,
-    const c10::optional<at::Tensor>& unit_grad_inverse_temperature) {
+    bool grad_keys) {
   return backward_with(
       pass, grad_loss,
       RowInputs{queries, keys, positive_index, self_index, inverse_temperature, weight}, lse,
-      unit_grad_queries, unit_grad_keys, unit_grad_inverse_temperature);
+      grad_keys);
 }
 
 }  // namespace tase_loss

@@ -28,7 +28,11 @@ from tase_loss._validation import (
     check_weight,
 )
 from tase_loss.ops import contrastive_rows_fused, is_applicable
-from tase_loss.reference import contrastive_rows_reference, contrastive_targets_reference
+from tase_loss.reference import (
+    contrastive_rows_chunked,
+    contrastive_rows_reference,
+    contrastive_targets_reference,
+)
 
 __all__ = [
     "byol_loss",
@@ -43,6 +47,11 @@ __all__ = [
 ]
 
 
+CHUNKED_ABOVE = 1 << 26
+"""Logits (``M * N``) above which the pure-PyTorch path runs in row blocks (256 MiB of
+float32 logits; measured in benchmarks/README.md)."""
+
+
 def contrastive_rows(
     queries: Tensor,
     keys: Tensor,
@@ -50,22 +59,30 @@ def contrastive_rows(
     self_index: Tensor,
     inverse_temperature: Tensor,
     weight: Tensor,
+    *,
+    uniform_grad: bool = False,
 ) -> Tensor:
     """Weighted per-row losses ``w_a * l_a``, shape ``(M,)``, without validation.
 
     The building block under every contrastive loss of the library; the arguments
-    follow :func:`tase_loss.reference.contrastive_rows_reference`. Runs the fused op
-    (:mod:`tase_loss.ops`, never the ``(M, N)`` matrix) when it is built and applicable,
-    else the pure-PyTorch reference; both agree within the dtype's tolerance.
+    follow :func:`tase_loss.reference.contrastive_rows_reference`. The one place that
+    picks a path, in this order:
+
+    1. the fused op (:mod:`tase_loss.ops`; tiles, never the ``(M, N)`` matrix) when the
+       extension is built and has a kernel for the device;
+    2. the chunked pure-PyTorch rows (:func:`tase_loss.reference.contrastive_rows_chunked`,
+       memory linear in ``M + N``) when ``M * N`` exceeds :data:`CHUNKED_ABOVE`;
+    3. the materialized pure-PyTorch rows otherwise.
+
+    All agree within the dtype's tolerance. ``uniform_grad`` promises that the rows only
+    enter a sum or mean (see :func:`tase_loss.ops.contrastive_rows_fused`).
     """
+    arguments = (queries, keys, positive_index, self_index, inverse_temperature, weight)
     if is_applicable(queries, keys):
-        return contrastive_rows_fused(
-            queries, keys, positive_index, self_index, inverse_temperature, weight
-        )
-    loss, _ = contrastive_rows_reference(
-        queries, keys, positive_index, self_index, inverse_temperature, weight
-    )
-    return loss
+        return contrastive_rows_fused(*arguments, uniform_grad=uniform_grad)
+    if queries.shape[0] * keys.shape[0] > CHUNKED_ABOVE:
+        return contrastive_rows_chunked(*arguments, uniform_grad=uniform_grad)
+    return contrastive_rows_reference(*arguments)
 
 
 def contrastive_targets(
@@ -254,6 +271,7 @@ def nt_xent_loss(
         rows + offset,
         inverse_temperature,
         torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
+        uniform_grad=reduction != "none",
     )
     return weighted_reduce(weighted_loss, row_weight, reduction, across_ranks=gather_distributed)
 
@@ -423,6 +441,7 @@ def moco_loss_and_all_keys(
         torch.full_like(rows, -1),
         inverse_temperature,
         torch.ones_like(inverse_temperature) if row_weight is None else row_weight,
+        uniform_grad=reduction != "none",
     )
     loss = weighted_reduce(weighted_loss, row_weight, reduction, across_ranks=gather_distributed)
     return loss, gathered

@@ -7,11 +7,11 @@ by tile, never materializing the ``(M, N)`` logit matrix:
 - ``contrastive_forward`` -> ``(loss, lse)``; its backward recomputes the rows
   (four GEMMs in forward + backward).
 - ``contrastive_forward_with_grad`` additionally returns the gradient for a unit
-  ``grad_loss``; when the actual ``grad_loss`` is uniform (a ``mean`` or ``sum`` of the
-  rows, the usual case) the backward only scales it, so training costs the three GEMMs
-  ``Q K^T``, ``P K`` and ``P^T Q``. A non-uniform ``grad_loss`` falls back to recompute.
-- ``contrastive_backward`` (private) gives the gradients for queries, keys, inverse
-  temperature and weight.
+  ``grad_loss``; used when the caller promises a uniform ``grad_loss`` (a ``mean`` or
+  ``sum`` of the rows, the usual case), the backward only scales it, so training costs
+  the three GEMMs ``Q K^T``, ``P K`` and ``P^T Q`` and never reads a value on the host.
+- ``contrastive_backward`` (private) gives the gradients for queries, keys (only with
+  ``grad_keys=True``), inverse temperature and weight.
 
 The ``lse`` output carries no gradient. This module registers fake (meta) kernels and
 autograd formulas, so the op works under ``torch.compile``.
@@ -38,7 +38,8 @@ _BACKWARD = "tase_loss::contrastive_backward"
 
 @functools.lru_cache(maxsize=None)
 def _load() -> frozenset[str]:
-    """Load the extension (first call only) and return the device types with a kernel."""
+    """Load the extension (first call only), register the op's Python side (fake kernels,
+    autograd) and return the device types with a kernel."""
     if not _extension.has_ext():
         return frozenset()
     _register()
@@ -88,13 +89,22 @@ def contrastive_rows_fused(
     self_index: Tensor,
     inverse_temperature: Tensor,
     weight: Tensor,
+    *,
+    uniform_grad: bool = False,
 ) -> Tensor:
     """Weighted per-row losses ``w_a * l_a`` from the fused op, shape ``(M,)``.
 
     Same contract and arguments as
-    :func:`tase_loss.reference.contrastive_rows_reference` (which also returns the
-    ``lse``); differentiable in ``queries``, ``keys``, ``inverse_temperature`` and
-    ``weight``. Requires :func:`is_applicable`; inputs are not validated here.
+    :func:`tase_loss.reference.contrastive_rows_reference`; differentiable in
+    ``queries``, ``keys``, ``inverse_temperature`` and ``weight``. Requires
+    :func:`is_applicable`; inputs are not validated here.
+
+    Args:
+        uniform_grad: the caller's promise that the rows only enter a sum or mean, so
+            that their gradient is one value on every row. The forward then computes the
+            gradient for a unit gradient along the way and the backward only scales it
+            (three GEMMs in all, no read of the gradient on the host); without the
+            promise the backward recomputes the rows (four GEMMs).
 
     Returns:
         ``(M,)`` in float32 (float64 for float64 inputs).
@@ -107,13 +117,14 @@ def contrastive_rows_fused(
         ...     rows = torch.arange(6)
         ...     args = (q, q, rows.roll(3), rows, torch.full((6,), 5.0), torch.ones(6))
         ...     fused = contrastive_rows_fused(*args)
-        ...     assert torch.allclose(fused, contrastive_rows_reference(*args)[0], atol=1e-5)
+        ...     assert torch.allclose(fused, contrastive_rows_reference(*args), atol=1e-5)
     """
+    has_kernel(queries.device.type)  # loads the op, registers fakes and autograd (once)
     needs_grad = torch.is_grad_enabled() and (
         queries.requires_grad or keys.requires_grad or inverse_temperature.requires_grad
     )
     arguments = (queries, keys, positive_index, self_index, inverse_temperature, weight)
-    if needs_grad:
+    if needs_grad and uniform_grad:
         return torch.ops.tase_loss.contrastive_forward_with_grad(*arguments, keys.requires_grad)[0]
     return torch.ops.tase_loss.contrastive_forward(*arguments)[0]
 
@@ -162,14 +173,11 @@ def _fake_backward(
     inverse_temperature: Tensor,
     weight: Tensor,
     lse: Tensor,
-    unit_grad_queries: Optional[Tensor] = None,
-    unit_grad_keys: Optional[Tensor] = None,
-    unit_grad_inverse_temperature: Optional[Tensor] = None,
+    grad_keys: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    no_key_grad = unit_grad_keys is not None and unit_grad_keys.dim() == 1
     return (
         torch.empty_like(queries),
-        keys.new_empty((0,)) if no_key_grad else torch.empty_like(keys),
+        torch.empty_like(keys) if grad_keys else keys.new_empty((0,)),
         torch.empty_like(inverse_temperature),
         torch.empty_like(weight),
     )
@@ -182,20 +190,17 @@ def _setup_forward(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
 
 def _setup_forward_with_grad(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     ctx.mark_non_differentiable(*output[1:])
+    ctx.grad_keys = inputs[6]
     ctx.save_for_backward(*inputs[:6], *output[1:])
 
 
-def _input_grads(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Optional[Tensor], ...]:
-    """Gradients in input order (the two index tensors and ``grad_keys`` get ``None``).
-
-    A ``(0,)`` key gradient means the forward was called with ``grad_keys=False``: the
-    keys then get no gradient, as that flag promises.
-    """
+def _input_grads(ctx: Any, grads: tuple[Optional[Tensor], ...]) -> tuple[Optional[Tensor], ...]:
+    """Gradients in input order; the two index tensors get ``None``."""
     grad_queries, grad_keys, grad_inverse_temperature, grad_weight = grads
     wanted = ctx.needs_input_grad
     return (
         grad_queries if wanted[0] else None,
-        grad_keys if wanted[1] and grad_keys.dim() == 2 else None,
+        grad_keys if wanted[1] else None,
         None,
         None,
         grad_inverse_temperature if wanted[4] else None,
@@ -204,12 +209,27 @@ def _input_grads(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Optional[Tensor],
 
 
 def _backward_forward(ctx: Any, grad_loss: Tensor, grad_lse: Optional[Tensor]) -> tuple:
-    grads = torch.ops.tase_loss.contrastive_backward(grad_loss, *ctx.saved_tensors)
-    return _input_grads(ctx, grads)
+    grad_keys = ctx.needs_input_grad[1]
+    grads = torch.ops.tase_loss.contrastive_backward(grad_loss, *ctx.saved_tensors, grad_keys)
+    return _input_grads(ctx, (*grads[:1], grads[1] if grad_keys else None, *grads[2:]))
 
 
 def _backward_forward_with_grad(ctx: Any, grad_loss: Tensor, *unused_grads: Any) -> tuple:
-    grads = torch.ops.tase_loss.contrastive_backward(grad_loss, *ctx.saved_tensors)
+    """Scale the forward's unit gradient by the (promised uniform) ``grad_loss``."""
+    queries, keys, positive_index, _, inverse_temperature, weight, lse, unit_queries, unit_keys, unit_inverse = (
+        ctx.saved_tensors
+    )
+    scale = grad_loss[0]  # a 0-dim view: no host read
+    # l_a = lse_a - z_a,pos from O(M D) work: the positive logit is one dot product per row.
+    accumulate = lse.dtype
+    positive_similarity = (queries.to(accumulate) * keys.index_select(0, positive_index).to(accumulate)).sum(1)
+    row_loss = lse - inverse_temperature.to(accumulate) * positive_similarity
+    grads = (
+        (unit_queries * scale).to(queries.dtype),
+        (unit_keys * scale).to(keys.dtype) if ctx.grad_keys else None,
+        (unit_inverse * scale).to(inverse_temperature.dtype),
+        (grad_loss.to(accumulate) * row_loss).to(weight.dtype),
+    )
     return (*_input_grads(ctx, grads), None)
 
 

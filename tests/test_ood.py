@@ -68,7 +68,7 @@ def test_one_hot_targets_are_the_single_positive_rows():
     inverse_temperature = _per_sample(5, 2, low=1.0)
     weight = _per_sample(5, 3, low=0.0)
     single, single_lse = contrastive_rows_reference(
-        queries, keys, positive, self_index, inverse_temperature, weight
+        queries, keys, positive, self_index, inverse_temperature, weight, return_lse=True
     )
     one_hot = F.one_hot(positive, 7).to(F64)
     multi, multi_lse = contrastive_targets_reference(

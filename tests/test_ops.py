@@ -19,12 +19,13 @@ if not _extension.has_ext():
     pytest.skip(f"extension not built: {_extension.load_error()}", allow_module_level=True)
 
 from tase_loss import functional  # noqa: E402
-from tase_loss.ops import contrastive_rows_fused, is_applicable  # noqa: E402
+from tase_loss.ops import contrastive_rows_fused, has_kernel, is_applicable  # noqa: E402
 from tase_loss.reference import contrastive_rows_reference  # noqa: E402
 
 from oracles import row_losses_loop  # noqa: E402
 
 F64 = torch.float64
+assert has_kernel("cpu")  # loads the op and registers its autograd formulas and fakes
 OPS = torch.ops.tase_loss
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,7 +82,7 @@ def test_forward_matches_reference_in_float64_and_float32(rows, num_keys, dim, s
         pytest.skip("a self column needs a second key")
     case = _case(rows, num_keys, dim, self_mode=self_mode)
     loss, lse = OPS.contrastive_forward(*case)
-    expected_loss, expected_lse = contrastive_rows_reference(*case)
+    expected_loss, expected_lse = contrastive_rows_reference(*case, return_lse=True)
     assert loss.dtype == lse.dtype == F64
     torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lse, expected_lse, rtol=1e-12, atol=1e-12)
@@ -112,8 +113,8 @@ def test_gradients_match_reference(rows, num_keys, dim, dtype, uniform_grad):
         if uniform_grad
         else torch.randn(rows, generator=generator, dtype=F64).to(dtype)
     )
-    fused = _grads(contrastive_rows_fused(*case), grad_rows, case)
-    expected = _grads(contrastive_rows_reference(*reference_case)[0], grad_rows, reference_case)
+    fused = _grads(contrastive_rows_fused(*case, uniform_grad=uniform_grad), grad_rows, case)
+    expected = _grads(contrastive_rows_reference(*reference_case), grad_rows, reference_case)
     tolerance = {"rtol": 1e-10, "atol": 1e-10} if dtype == F64 else {"rtol": 1e-4, "atol": 2e-5}
     for actual, wanted in zip(fused, expected):
         assert actual.dtype == wanted.dtype
@@ -126,8 +127,8 @@ def test_keys_without_grad_moco_shape(uniform_grad):
     reference_case = _with_grad(tuple(t.detach() for t in case), keys_grad=False)
     grad_rows = torch.full((20,), 0.1, dtype=F64) if uniform_grad else torch.rand(20, dtype=F64)
     for actual, wanted in zip(
-        _grads(contrastive_rows_fused(*case), grad_rows, case),
-        _grads(contrastive_rows_reference(*reference_case)[0], grad_rows, reference_case),
+        _grads(contrastive_rows_fused(*case, uniform_grad=uniform_grad), grad_rows, case),
+        _grads(contrastive_rows_reference(*reference_case), grad_rows, reference_case),
     ):
         torch.testing.assert_close(actual, wanted, rtol=1e-10, atol=1e-12)
 
@@ -138,12 +139,13 @@ def test_gradcheck_float64(keys_grad):
         _case(9, 13, 4, seed=5), keys_grad=keys_grad
     )
 
-    def rows(q, k, t, w):
-        return contrastive_rows_fused(q, k, positive, self_index, t, w)
+    def rows(q, k, t, w, uniform_grad=False):
+        return contrastive_rows_fused(q, k, positive, self_index, t, w, uniform_grad=uniform_grad)
 
     assert torch.autograd.gradcheck(rows, (queries, keys, inverse_temperature, weight))
+    # the promised-uniform path: the rows only enter a sum
     assert torch.autograd.gradcheck(
-        lambda q, k, t, w: rows(q, k, t, w).sum(), (queries, keys, inverse_temperature, weight)
+        lambda q, k, t, w: rows(q, k, t, w, uniform_grad=True).sum(), (queries, keys, inverse_temperature, weight)
     )
 
 
@@ -163,12 +165,11 @@ def test_opcheck_forward_ops(case_index):
 
 def test_opcheck_backward_op():
     case = _case(10, 14, 6, dtype=torch.float32, seed=7)
-    loss, lse, unit_q, unit_k, unit_t = OPS.contrastive_forward_with_grad(*case, True)
+    _, lse = OPS.contrastive_forward(*case)
     grad_rows = torch.rand(10)
-    torch.library.opcheck(OPS.contrastive_backward.default, (grad_rows, *case, lse))
-    torch.library.opcheck(
-        OPS.contrastive_backward.default, (torch.full((10,), 0.5), *case, lse, unit_q, unit_k, unit_t)
-    )
+    torch.library.opcheck(OPS.contrastive_backward.default, (grad_rows, *case, lse, True))
+    torch.library.opcheck(OPS.contrastive_backward.default, (grad_rows, *case, lse, False))
+    assert OPS.contrastive_backward(grad_rows, *case, lse, False)[1].shape == (0,)
 
 
 def _half_errors(dtype, seed):
@@ -183,9 +184,9 @@ def _half_errors(dtype, seed):
         grads = torch.autograd.grad(loss.mean(), (case[0], case[1], case[4]))
         return [loss.float()] + [grad.float() for grad in grads]
 
-    truth = loss_and_grads(lambda *c: contrastive_rows_reference(*c)[0], case32)
+    truth = loss_and_grads(lambda *c: contrastive_rows_reference(*c), case32)
     fused = loss_and_grads(contrastive_rows_fused, half)
-    reference = loss_and_grads(lambda *c: contrastive_rows_reference(*c)[0], half)
+    reference = loss_and_grads(lambda *c: contrastive_rows_reference(*c), half)
     error = lambda values: [float((v - t).detach().abs().max()) for v, t in zip(values, truth)]  # noqa: E731
     return error(fused), error(reference)
 
@@ -287,14 +288,16 @@ def test_losses_agree_with_extension_disabled():
             torch.testing.assert_close(torch.tensor(actual), torch.tensor(wanted), rtol=1e-5, atol=1e-6)
 
 
-def test_require_with_disable_raises_a_clear_error():
+def test_require_with_disable_raises_a_clear_error_at_the_first_loss():
     env = {key: value for key, value in os.environ.items() if not key.startswith("TASE_LOSS_")}
     env.update(TASE_LOSS_DISABLE_EXT="1", TASE_LOSS_REQUIRE_EXT="1", PYTHONPATH=str(REPO))
-    completed = subprocess.run(
-        [sys.executable, "-c", "import tase_loss"], env=env, capture_output=True, text=True
-    )
+    first_loss = "import torch, tase_loss; tase_loss.nt_xent_loss(torch.randn(4, 3), torch.randn(4, 3))"
+    completed = subprocess.run([sys.executable, "-c", first_loss], env=env, capture_output=True, text=True)
     assert completed.returncode != 0
     assert "TASE_LOSS_REQUIRE_EXT=1" in completed.stderr and "TASE_LOSS_DISABLE_EXT" in completed.stderr
+    # importing alone loads (and compiles) nothing
+    imported = subprocess.run([sys.executable, "-c", "import tase_loss"], env=env, capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
 
 
 _CUDA_READY = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
@@ -313,8 +316,8 @@ def test_cuda_values_and_gradients_match_reference(rows, num_keys, dim, dtype, u
     grad_rows = torch.full((rows,), 0.3, dtype=dtype, device="cuda")
     if not uniform_grad:
         grad_rows = torch.rand(rows, dtype=dtype, device="cuda")
-    fused_loss = contrastive_rows_fused(*case)
-    reference_loss = contrastive_rows_reference(*reference_case)[0]
+    fused_loss = contrastive_rows_fused(*case, uniform_grad=uniform_grad)
+    reference_loss = contrastive_rows_reference(*reference_case)
     tolerance = {"rtol": 1e-10, "atol": 1e-10} if dtype == F64 else {"rtol": 1e-4, "atol": 2e-5}
     torch.testing.assert_close(fused_loss, reference_loss, **tolerance)
     for actual, wanted in zip(
@@ -336,9 +339,9 @@ def test_cuda_half_inputs_no_worse_than_reference_in_same_dtype(dtype):
         grads = torch.autograd.grad(loss.mean(), (case[0], case[1], case[4]))
         return [loss.detach().float()] + [grad.float() for grad in grads]
 
-    truth = loss_and_grads(lambda *c: contrastive_rows_reference(*c)[0], case32)
+    truth = loss_and_grads(lambda *c: contrastive_rows_reference(*c), case32)
     fused = loss_and_grads(contrastive_rows_fused, half)
-    reference = loss_and_grads(lambda *c: contrastive_rows_reference(*c)[0], half)
+    reference = loss_and_grads(lambda *c: contrastive_rows_reference(*c), half)
     for fused_value, reference_value, true_value in zip(fused, reference, truth):
         fused_error = float((fused_value - true_value).abs().max())
         reference_error = float((reference_value - true_value).abs().max())
@@ -376,7 +379,7 @@ def test_non_contiguous_inputs():
         strided_queries, transposed_keys, positive, self_index, inverse_temperature, weight
     )
     torch.testing.assert_close(
-        raw_loss, contrastive_rows_reference(queries, keys, positive, self_index, inverse_temperature, weight)[0],
+        raw_loss, contrastive_rows_reference(queries, keys, positive, self_index, inverse_temperature, weight),
         rtol=1e-12, atol=1e-12,
     )
     # Gradients through the op with non-contiguous leaves (clone keeps the keys' strides).
@@ -386,7 +389,7 @@ def test_non_contiguous_inputs():
     reference_case = _with_grad((queries, keys, positive, self_index, inverse_temperature, weight))
     grad_rows = torch.rand(11, dtype=F64)
     fused_loss = contrastive_rows_fused(*case)
-    reference_loss = contrastive_rows_reference(*reference_case)[0]
+    reference_loss = contrastive_rows_reference(*reference_case)
     torch.testing.assert_close(fused_loss, reference_loss, rtol=1e-12, atol=1e-12)
     for actual, wanted in zip(
         _grads(fused_loss, grad_rows, case), _grads(reference_loss, grad_rows, reference_case)
@@ -406,6 +409,6 @@ def test_thread_counts_give_the_same_gradients(threads):
         fused = _grads(contrastive_rows_fused(*case), grad_rows, case)
     finally:
         torch.set_num_threads(previous)
-    expected = _grads(contrastive_rows_reference(*reference_case)[0], grad_rows, reference_case)
+    expected = _grads(contrastive_rows_reference(*reference_case), grad_rows, reference_case)
     for actual, wanted in zip(fused, expected):
         torch.testing.assert_close(actual, wanted, rtol=1e-10, atol=1e-12)

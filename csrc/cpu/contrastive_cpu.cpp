@@ -139,6 +139,109 @@ int64_t block_rows_for(int64_t num_keys) {
 // The scratch holds E (P up to a per-row factor), so the row scale r_a = c_a invt_a P/E is
 // applied to the R x D GEMM operands and results instead of the R x N matrix, and the
 // one-hot term is a rank-one correction per row.
+//
+// The pass runs in three stages per block of rows: row_statistics (lse, loss, E, scales),
+// query_gradient (dQ of the block) and key_gradient (the thread's dK accumulator).
+
+// Raw views of one pass's inputs (widened to acc_t) and outputs.
+template <typename acc_t>
+struct PassData {
+  const acc_t* queries;
+  const acc_t* keys;
+  const acc_t* inverse_temperature;
+  const int64_t* positive;
+  const int64_t* self;
+  const acc_t* coefficient;  // nullptr: forward only
+  acc_t* lse;
+  acc_t* row_loss;
+  acc_t* grad_queries;
+  acc_t* grad_inverse_temperature;
+  int64_t num_keys;
+  int64_t dim;
+  bool have_lse;
+};
+
+// Per-row factors of a block in a gradient pass: r_a (E -> P and c invt) and c_a invt_a.
+template <typename acc_t>
+struct BlockScales {
+  std::vector<acc_t> row;
+  std::vector<acc_t> positive;
+};
+
+// Stage 1: rows [row0, row0 + count) with their similarities in `similarity` (count x N):
+// the exact lse and unweighted loss of each row; in a gradient pass also E (in place),
+// the block's scales and d invt.
+template <typename acc_t>
+void row_statistics(const PassData<acc_t>& data, acc_t* similarity, int64_t row0, int64_t count,
+                    BlockScales<acc_t>& scales) {
+  const int64_t num_keys = data.num_keys;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t a = row0 + i;
+    acc_t* row = similarity + i * num_keys;
+    const acc_t invt = data.inverse_temperature[a];
+    const int64_t pos = data.positive[a];
+    const int64_t self_column = data.self[a];
+    TORCH_CHECK(pos >= 0 && pos < num_keys, "tase_loss: positive_index[", a, "] = ", pos,
+                " is outside [0, ", num_keys, ")");
+    TORCH_CHECK(self_column >= -1 && self_column < num_keys, "tase_loss: self_index[", a,
+                "] = ", self_column, " is outside [-1, ", num_keys, ")");
+    const acc_t positive_similarity = row[pos];
+    // shift: the row max (then E sums to `total`), or the known lse (then E = P).
+    const acc_t shift = data.have_lse ? data.lse[a] : row_max(row, num_keys, invt, self_column);
+    acc_t total = 1;
+    if (data.coefficient != nullptr) {
+      acc_t weighted = 0;
+      row_exp(row, num_keys, invt, self_column, shift, &total, &weighted);
+      if (data.have_lse) total = 1;  // E is already normalized
+      const acc_t c = data.coefficient[a];
+      scales.row[i] = c * invt / total;
+      scales.positive[i] = c * invt;
+      data.grad_inverse_temperature[a] = c * (weighted / total - positive_similarity);
+    } else if (!data.have_lse) {
+      total = row_sum_exp(row, num_keys, invt, self_column, shift);
+    }
+    const acc_t lse = data.have_lse ? shift : shift + std::log(total);
+    data.lse[a] = lse;
+    data.row_loss[a] = lse - invt * positive_similarity;
+  }
+}
+
+// Stage 2: dQ_blk = r * (E K) - (c invt) K[pos]; also writes r * Q_blk for stage 3.
+template <typename acc_t>
+void query_gradient(const PassData<acc_t>& data, const at::Tensor& exp_block, const at::Tensor& keys,
+                    int64_t row0, int64_t count, const BlockScales<acc_t>& scales,
+                    at::Tensor& grad_queries, acc_t* scaled_queries) {
+  at::Tensor block_grad_queries = grad_queries.narrow(0, row0, count);
+  at::mm_out(block_grad_queries, exp_block, keys);
+  const int64_t dim = data.dim;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t a = row0 + i;
+    acc_t* grad_row = data.grad_queries + a * dim;
+    const acc_t* positive_key = data.keys + data.positive[a] * dim;
+    const acc_t* query = data.queries + a * dim;
+    for (int64_t d = 0; d < dim; ++d) {
+      grad_row[d] = scales.row[i] * grad_row[d] - scales.positive[i] * positive_key[d];
+      scaled_queries[i * dim + d] = scales.row[i] * query[d];
+    }
+  }
+}
+
+// Stage 3: dK += E^T (r * Q_blk) - (c invt) Q_a at row pos_a, into this thread's accumulator.
+template <typename acc_t>
+void key_gradient(const PassData<acc_t>& data, const at::Tensor& exp_block,
+                  const at::Tensor& scaled_queries, int64_t row0, int64_t count,
+                  const BlockScales<acc_t>& scales, at::Tensor& key_grad) {
+  key_grad.addmm_(exp_block.t(), scaled_queries);
+  acc_t* key_grad_data = key_grad.data_ptr<acc_t>();
+  const int64_t dim = data.dim;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t a = row0 + i;
+    acc_t* grad_row = key_grad_data + data.positive[a] * dim;
+    const acc_t* query = data.queries + a * dim;
+    for (int64_t d = 0; d < dim; ++d) grad_row[d] -= scales.positive[i] * query[d];
+  }
+}
+
 template <typename acc_t>
 RowPassResult row_pass_typed(const RowInputs& inputs, const at::Tensor& coefficient,
                              const at::Tensor& lse_in, bool grad_keys) {
@@ -155,10 +258,9 @@ RowPassResult row_pass_typed(const RowInputs& inputs, const at::Tensor& coeffici
   const int64_t num_keys = keys.size(0);
   const int64_t dim = queries.size(1);
   const bool want_grad = coefficient.defined();
-  const bool have_lse = lse_in.defined();
 
   RowPassResult result;
-  result.lse = have_lse ? lse_in : at::empty({rows}, queries.options());
+  result.lse = lse_in.defined() ? lse_in : at::empty({rows}, queries.options());
   result.row_loss = at::empty({rows}, queries.options());
   if (want_grad) {
     result.grad_queries = at::empty({rows, dim}, queries.options());
@@ -174,17 +276,21 @@ RowPassResult row_pass_typed(const RowInputs& inputs, const at::Tensor& coeffici
   if (want_grad && grad_keys) {
     key_grad_partials = at::zeros({num_threads, num_keys, dim}, queries.options());
   }
-
-  const acc_t* query_data = queries.data_ptr<acc_t>();
-  const acc_t* key_data = keys.data_ptr<acc_t>();
-  const acc_t* inverse_temperature_data = inverse_temperature.data_ptr<acc_t>();
-  const int64_t* positive_data = positive.data_ptr<int64_t>();
-  const int64_t* self_data = self.data_ptr<int64_t>();
-  const acc_t* coefficient_data = want_grad ? coefficient.data_ptr<acc_t>() : nullptr;
-  acc_t* lse_data = result.lse.data_ptr<acc_t>();
-  acc_t* row_loss_data = result.row_loss.data_ptr<acc_t>();
-  acc_t* grad_query_data = want_grad ? result.grad_queries.data_ptr<acc_t>() : nullptr;
-  acc_t* grad_invt_data = want_grad ? result.grad_inverse_temperature.data_ptr<acc_t>() : nullptr;
+  const PassData<acc_t> data{
+      queries.data_ptr<acc_t>(),
+      keys.data_ptr<acc_t>(),
+      inverse_temperature.data_ptr<acc_t>(),
+      positive.data_ptr<int64_t>(),
+      self.data_ptr<int64_t>(),
+      want_grad ? coefficient.data_ptr<acc_t>() : nullptr,
+      result.lse.data_ptr<acc_t>(),
+      result.row_loss.data_ptr<acc_t>(),
+      want_grad ? result.grad_queries.data_ptr<acc_t>() : nullptr,
+      want_grad ? result.grad_inverse_temperature.data_ptr<acc_t>() : nullptr,
+      num_keys,
+      dim,
+      lse_in.defined(),
+  };
   const at::Tensor keys_t = keys.t();
 
   // Chunks of blocks, one chunk per thread, so that each thread owns its scratch and
@@ -193,8 +299,7 @@ RowPassResult row_pass_typed(const RowInputs& inputs, const at::Tensor& coeffici
   at::parallel_for(0, num_threads, 1, [&](int64_t first_chunk, int64_t end_chunk) {
     at::Tensor scratch = at::empty({block_rows, num_keys}, queries.options());
     at::Tensor scaled_queries = at::empty({block_rows, dim}, queries.options());
-    std::vector<acc_t> row_scale(block_rows);
-    std::vector<acc_t> positive_scale(block_rows);
+    BlockScales<acc_t> scales{std::vector<acc_t>(block_rows), std::vector<acc_t>(block_rows)};
     for (int64_t chunk = first_chunk; chunk < end_chunk; ++chunk) {
       at::Tensor key_grad = key_grad_partials.defined() ? key_grad_partials[chunk] : at::Tensor();
       const int64_t first_block = chunk * blocks_per_chunk;
@@ -202,63 +307,15 @@ RowPassResult row_pass_typed(const RowInputs& inputs, const at::Tensor& coeffici
       for (int64_t block = first_block; block < end_block; ++block) {
         const int64_t row0 = block * block_rows;
         const int64_t count = std::min(block_rows, rows - row0);
-        const at::Tensor block_queries = queries.narrow(0, row0, count);
         at::Tensor similarity = scratch.narrow(0, 0, count);
-        at::mm_out(similarity, block_queries, keys_t);
-        acc_t* similarity_data = similarity.data_ptr<acc_t>();
-        for (int64_t i = 0; i < count; ++i) {
-          const int64_t a = row0 + i;
-          acc_t* row = similarity_data + i * num_keys;
-          const acc_t invt = inverse_temperature_data[a];
-          const int64_t pos = positive_data[a];
-          const int64_t self_column = self_data[a];
-          TORCH_CHECK(pos >= 0 && pos < num_keys, "tase_loss: positive_index[", a, "] = ", pos,
-                      " is outside [0, ", num_keys, ")");
-          TORCH_CHECK(self_column >= -1 && self_column < num_keys, "tase_loss: self_index[", a,
-                      "] = ", self_column, " is outside [-1, ", num_keys, ")");
-          const acc_t positive_similarity = row[pos];
-          // shift: the row max (then E sums to `total`), or the known lse (then E = P).
-          const acc_t shift = have_lse ? lse_data[a] : row_max(row, num_keys, invt, self_column);
-          acc_t total = 1;
-          if (want_grad) {
-            acc_t weighted = 0;
-            row_exp(row, num_keys, invt, self_column, shift, &total, &weighted);
-            if (have_lse) total = 1;  // E is already normalized
-            const acc_t c = coefficient_data[a];
-            row_scale[i] = c * invt / total;
-            positive_scale[i] = c * invt;
-            grad_invt_data[a] = c * (weighted / total - positive_similarity);
-          } else if (!have_lse) {
-            total = row_sum_exp(row, num_keys, invt, self_column, shift);
-          }
-          const acc_t lse = have_lse ? shift : shift + std::log(total);
-          lse_data[a] = lse;
-          row_loss_data[a] = lse - invt * positive_similarity;
-        }
+        at::mm_out(similarity, queries.narrow(0, row0, count), keys_t);
+        row_statistics(data, similarity.data_ptr<acc_t>(), row0, count, scales);
         if (!want_grad) continue;
-        // dQ_blk = r * (E K) - (c invt) K[pos]
-        at::Tensor block_grad_queries = result.grad_queries.narrow(0, row0, count);
-        at::mm_out(block_grad_queries, similarity, keys);
-        acc_t* scaled_data = scaled_queries.data_ptr<acc_t>();
-        for (int64_t i = 0; i < count; ++i) {
-          const int64_t a = row0 + i;
-          acc_t* grad_row = grad_query_data + a * dim;
-          const acc_t* positive_key = key_data + positive_data[a] * dim;
-          const acc_t* query = query_data + a * dim;
-          for (int64_t d = 0; d < dim; ++d) {
-            grad_row[d] = row_scale[i] * grad_row[d] - positive_scale[i] * positive_key[d];
-            scaled_data[i * dim + d] = row_scale[i] * query[d];
-          }
-        }
-        if (!key_grad.defined()) continue;
-        // dK += E^T (r * Q_blk) - (c invt) Q_a at row pos_a
-        key_grad.addmm_(similarity.t(), scaled_queries.narrow(0, 0, count));
-        acc_t* key_grad_data = key_grad.data_ptr<acc_t>();
-        for (int64_t i = 0; i < count; ++i) {
-          const int64_t a = row0 + i;
-          acc_t* grad_row = key_grad_data + positive_data[a] * dim;
-          const acc_t* query = query_data + a * dim;
-          for (int64_t d = 0; d < dim; ++d) grad_row[d] -= positive_scale[i] * query[d];
+        query_gradient(data, similarity, keys, row0, count, scales, result.grad_queries,
+                       scaled_queries.data_ptr<acc_t>());
+        if (key_grad.defined()) {
+          key_gradient(data, similarity, scaled_queries.narrow(0, 0, count), row0, count, scales,
+                       key_grad);
         }
       }
     }
