@@ -1,4 +1,4 @@
-"""Compile-only check of the CUDA kernel: nvcc must turn csrc/cuda/*.cu into an object.
+"""Compile-only check of the CUDA kernel: nvcc must turn tase_loss/csrc/cuda/*.cu into an object.
 
 CI has nvcc but no GPU and a CPU-only torch wheel, so nothing can be linked or run; this
 catches syntax, template and header errors against torch's headers. The CPU wheel lacks
@@ -44,7 +44,7 @@ def main() -> None:
     arguments = parser.parse_args()
     build = runpy.run_path(str(REPO / "tase_loss" / "_build.py"))
     nvcc_flags = build["extension_arguments"](torch.__version__, True)["extra_compile_args"]["nvcc"]
-    includes = cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]
+    includes = [*cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
     with tempfile.TemporaryDirectory() as scratch:
         if not any((Path(path) / GENERATED_HEADER).is_file() for path in includes):
             stand_in = Path(scratch) / "include" / GENERATED_HEADER
@@ -53,7 +53,7 @@ def main() -> None:
             includes.insert(0, str(Path(scratch) / "include"))
         for source in build["CUDA_SOURCES"]:
             command = [
-                find_nvcc(), "-c", str(REPO / "csrc" / source), "-o", str(Path(scratch) / "kernel.o"),
+                find_nvcc(), "-c", str(build["SOURCE_ROOT"] / source), "-o", str(Path(scratch) / "kernel.o"),
                 "-std=c++20", "-Xcompiler", "-fPIC",
                 f"-gencode=arch=compute_{arguments.arch},code=sm_{arguments.arch}",
                 *cpp_extension.COMMON_NVCC_FLAGS, *nvcc_flags,

@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from oracles import lightly_nt_xent  # noqa: E402
+
 from tase_loss.ops import contrastive_rows_fused, is_applicable  # noqa: E402
 from tase_loss.reference import contrastive_rows_reference  # noqa: E402
 

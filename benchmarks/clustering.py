@@ -79,7 +79,8 @@ def cifar10_lt_projected(path: Path, dim: int = 128, seed: int = 0) -> LabeledSe
         labels = data["y"].astype(np.int64)
     projection = np.random.default_rng(seed).standard_normal((pixels.shape[1], dim)).astype(np.float32)
     features = (pixels - pixels.mean(0)) @ projection
-    return LabeledSet(f"CIFAR-10-LT pixels -> {dim}-d random projection ({len(labels)} x {dim})", _unit_rows(features), labels)
+    name = f"CIFAR-10-LT pixels -> {dim}-d random projection ({len(labels)} x {dim})"
+    return LabeledSet(name, _unit_rows(features), labels)
 
 
 def initial_centroids(features: np.ndarray, count: int, seed: int) -> np.ndarray:

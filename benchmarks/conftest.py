@@ -112,7 +112,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--bench-report",
         default=None,
-        help="markdown report path (default: benchmarks/results/report-<device>-<sweep>.md)",
+        help="markdown report path (default: benchmarks/output/report-<device>-<sweep>.md, untracked; "
+        "name a file under benchmarks/results/ to update a committed report)",
     )
     group.addoption(
         "--bench-cifar-lt",
@@ -126,8 +127,10 @@ def _bench_config(config: pytest.Config) -> BenchConfig:
     if config.getoption("--bench-rounds") is not None:
         sweep = dataclasses.replace(sweep, rounds=config.getoption("--bench-rounds"))
     device = config.getoption("--bench-device")
+    # Untracked by default (.gitignore): a run never rewrites a committed report unless
+    # --bench-report names one.
     report = config.getoption("--bench-report") or (
-        REPO_ROOT / "benchmarks" / "results" / f"report-{device.split(':')[0]}-{sweep.name}.md"
+        REPO_ROOT / "benchmarks" / "output" / f"report-{device.split(':')[0]}-{sweep.name}.md"
     )
     cifar = Path(config.getoption("--bench-cifar-lt"))
     return BenchConfig(

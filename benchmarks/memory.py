@@ -112,7 +112,7 @@ def _run_child(provider_name: str, batch: int, dim: int, mode: str, device: str,
             torch.cuda.synchronize()
             call_mib = (torch.cuda.max_memory_allocated() - before) / 2**20
             peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    except Exception as error:  # noqa: BLE001 - the parent records every failure
+    except Exception as error:
         status = "oom" if _is_out_of_memory(error) else "error"
         return {"status": status, "import_mib": import_mib, "detail": f"{type(error).__name__}: {error}"[:300]}
     return {"status": "ok", "import_mib": import_mib, "peak_mib": peak_mib, "call_mib": call_mib}

@@ -131,7 +131,7 @@ def lightly_ntxent_class() -> Any:
         return _load_lightly_from_wheel()
     except PeerUnavailable:
         raise
-    except Exception as error:  # noqa: BLE001 - any failure means "cannot run here"
+    except Exception as error:
         raise PeerUnavailable(f"could not load lightly's ntx_ent_loss.py: {error!r}") from error
 
 

@@ -99,7 +99,7 @@ def _build_fused(temperature: float) -> LossFunction:
     return _nt_xent_through(ops.contrastive_rows_fused, temperature)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build_compiled(temperature: float) -> LossFunction:
     # One compiled function per process: its guards recompile for new shapes (the
     # timing warm-up absorbs that) instead of re-tracing a fresh function per size.

@@ -6,9 +6,10 @@ import datetime
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from benchmarks.harness import Timing
 

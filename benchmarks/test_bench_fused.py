@@ -15,8 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fused import peak_memory, ratio_summary, time_providers  # noqa: E402
-from tase_loss import _extension  # noqa: E402
+from bench_fused import peak_memory, ratio_summary, time_providers
+
+from tase_loss import _extension
 
 pytestmark = pytest.mark.skipif(not _extension.has_ext(), reason="extension not built")
 

@@ -26,7 +26,8 @@ def test_kmeans_time(bench_config: BenchConfig, bench_report: Report, num_points
     data = clustering.synthetic_long_tailed(num_points)
     init = clustering.initial_centroids(data.features, count, seed=0)
     table = bench_report.table(
-        f"k-means time, synthetic long-tailed (N, 128), k = {count}, {clustering.ITERATIONS} iterations, same initial centroids",
+        f"k-means time, synthetic long-tailed (N, 128), k = {count}, {clustering.ITERATIONS} iterations, "
+        "same initial centroids",
         ["method", "N", "median", "p25 - p75", f"ratio to {clustering.BASELINE} (p25-p75)",
          "iterations run", "inertia", "NMI vs true labels"],
     )

@@ -15,7 +15,7 @@ from benchmarks.providers import BASELINE, PROVIDERS, LossFunction
 from benchmarks.report import Report, timing_cells
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
-from oracles import nt_xent_loop  # noqa: E402
+from oracles import nt_xent_loop
 
 TIME_MODES = ("forward", "backward", "forward+backward")
 # Memory probes run once per (provider, B, D, mode) and gate the in-process timing.
@@ -47,7 +47,9 @@ def test_agreement_with_loop_oracle(bench_config: BenchConfig, bench_report: Rep
     generator = torch.Generator().manual_seed(0)
     out0, out1 = torch.randn(32, 16, generator=generator), torch.randn(32, 16, generator=generator)
     exact0, exact1 = out0.double().requires_grad_(), out1.double().requires_grad_()
-    exact = nt_xent_loop(exact0, exact1, torch.full((32,), TEMPERATURE, dtype=torch.float64), torch.ones(32, dtype=torch.float64))
+    exact = nt_xent_loop(
+        exact0, exact1, torch.full((32,), TEMPERATURE, dtype=torch.float64), torch.ones(32, dtype=torch.float64)
+    )
     exact_gradients = torch.autograd.grad(exact, (exact0, exact1))
     failures = []
     for name, reason in _available().items():
@@ -103,7 +105,8 @@ def test_peak_memory(
     table.notes[:] = [
         "import-only: peak RSS after imports and inputs, before any call; process peak: "
         "peak RSS of the whole process (`VmHWM`; what `/usr/bin/time -v` reports as maximum "
-        "resident set size; includes compilation for `compiled`); one warm call: peak growth during a second call over the RSS "
+        "resident set size; includes compilation for `compiled`); one warm call: peak growth during a second "
+        "call over the RSS "
         "just before it.",
         f"Each probe may use {bench_config.memory_cap_gib:g} GiB of address space beyond its "
         "imports (RLIMIT_AS); `oom` means the provider needed more.",

@@ -42,7 +42,7 @@ def long_tailed_digits(seed: int, ratio: float = 10.0, test_per_class: int = 50)
         members = rng.permutation(np.flatnonzero(digits.target == label))
         test += members[:test_per_class].tolist()
         pool = members[test_per_class:]
-        keep = int(round(len(pool) * ratio ** (-label / 9)))
+        keep = round(len(pool) * ratio ** (-label / 9))
         train += pool[:keep].tolist()
     x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
     y = torch.tensor(digits.target)

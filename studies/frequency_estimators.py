@@ -95,11 +95,26 @@ def planted(seeds: list[int]) -> list[dict[str, Any]]:
             points, labels = planted_mixture(seed, overlap)
             bayes, accuracy = _bayes_posterior(points, labels)
             groups = group_classes(np.bincount(labels))
-            rows.append({"data": f"planted {overlap}", "seed": seed, "features": "points", "estimator": "bayes-posterior",
-                         "bayes_accuracy": float(accuracy), **frequency_quality(bayes, labels, groups)})
+            rows.append(
+                {
+                    "data": f"planted {overlap}",
+                    "seed": seed,
+                    "features": "points",
+                    "estimator": "bayes-posterior",
+                    "bayes_accuracy": float(accuracy),
+                    **frequency_quality(bayes, labels, groups),
+                }
+            )
             for name in FEATURE_ESTIMATORS:
-                rows.append({"data": f"planted {overlap}", "seed": seed, "features": "points", "estimator": name,
-                             **_quality(name, points, labels, seed)})
+                rows.append(
+                    {
+                        "data": f"planted {overlap}",
+                        "seed": seed,
+                        "features": "points",
+                        "estimator": name,
+                        **_quality(name, points, labels, seed),
+                    }
+                )
             print(f"planted {overlap} seed {seed}: done (Bayes accuracy {accuracy:.3f})", file=sys.stderr)
     return rows
 
@@ -117,22 +132,44 @@ def _encoder_features(data: LongTailedData, encoder: str, checkpoint: str) -> tu
 
 def _encoder_rows(data: LongTailedData, dataset: str, encoder: str, checkpoints: list[str]) -> list[dict[str, Any]]:
     labels = data.y_train
-    rows = [{"data": dataset, "seed": 0, "features": "raw pixels", "estimator": name,
-             **_quality(name, data.x_train.reshape(len(labels), -1), labels)} for name in FEATURE_ESTIMATORS]
+    rows = [
+        {
+            "data": dataset,
+            "seed": 0,
+            "features": "raw pixels",
+            "estimator": name,
+            **_quality(name, data.x_train.reshape(len(labels), -1), labels),
+        }
+        for name in FEATURE_ESTIMATORS
+    ]
     for position, checkpoint in enumerate(checkpoints):
         features, projections = _encoder_features(data, encoder, checkpoint)
         for kind, points in (("backbone", features), ("projection", projections)):
             for name in FEATURE_ESTIMATORS:
-                rows.append({"data": dataset, "seed": position, "features": kind, "estimator": name,
-                             "checkpoint": os.path.relpath(checkpoint, REPOSITORY), **_quality(name, points, labels)})
+                rows.append(
+                    {
+                        "data": dataset,
+                        "seed": position,
+                        "features": kind,
+                        "estimator": name,
+                        "checkpoint": os.path.relpath(checkpoint, REPOSITORY),
+                        **_quality(name, points, labels),
+                    }
+                )
             # the knn-density smoothing, ablated
             for rounds in (0, 6):
                 estimator = KNNDensityEstimator(smoothing_rounds=rounds)
                 unit = torch.nn.functional.normalize(torch.as_tensor(points, dtype=torch.float32), dim=1)
                 estimate = estimator.estimate(unit)
-                rows.append({"data": dataset, "seed": position, "features": kind,
-                             "estimator": f"knn-density (smoothing {rounds})",
-                             **frequency_quality(estimate.log_frequency.numpy(), labels, data.groups)})
+                rows.append(
+                    {
+                        "data": dataset,
+                        "seed": position,
+                        "features": kind,
+                        "estimator": f"knn-density (smoothing {rounds})",
+                        **frequency_quality(estimate.log_frequency.numpy(), labels, data.groups),
+                    }
+                )
         print(f"{dataset} encoder {position}: done", file=sys.stderr)
     return rows
 
@@ -140,8 +177,16 @@ def _encoder_rows(data: LongTailedData, dataset: str, encoder: str, checkpoints:
 def _train_digits(output: str, methods: str, estimator: Optional[str] = None) -> str:
     """Train with the runner (the embedded default's 5 seeds x 40 epochs) unless done already."""
     if not os.path.isfile(os.path.join(output, "results.json")):
-        command = [sys.executable, "-m", "tase_loss.experiments", "--methods", methods, "--output", output,
-                   "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "tase_loss.experiments",
+            "--methods",
+            methods,
+            "--output",
+            output,
+            "--no-progress",
+        ]
         if estimator is not None:
             command += ["--estimator", estimator]
         subprocess.run(command, check=True, cwd=REPOSITORY)
@@ -157,10 +202,20 @@ def during_training(folder: str) -> list[dict[str, Any]]:
             results = json.load(handle)
         for run in results["runs"]:
             last = [record for record in run["history"] if "spearman" in record][-1]
-            rows.append({"data": "digits-LT, during TASE training", "seed": run["seed"], "features": "backbone",
-                         "estimator": name, "spearman": last["spearman"], "gap_recovered": last["gap_recovered"],
-                         "nmi": last.get("nmi"), "seconds": last["epoch_end_seconds"],
-                         "few": run["linear"]["few"], "all": run["linear"]["all"]})
+            rows.append(
+                {
+                    "data": "digits-LT, during TASE training",
+                    "seed": run["seed"],
+                    "features": "backbone",
+                    "estimator": name,
+                    "spearman": last["spearman"],
+                    "gap_recovered": last["gap_recovered"],
+                    "nmi": last.get("nmi"),
+                    "seconds": last["epoch_end_seconds"],
+                    "few": run["linear"]["few"],
+                    "all": run["linear"]["all"],
+                }
+            )
     return rows
 
 
@@ -175,7 +230,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for metric in ("spearman", "gap_recovered", "nmi", "seconds"):
             values = [row[metric] for row in group if row.get(metric) is not None]
             if values:
-                entry[metric] = {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+                entry[metric] = {
+                    "mean": float(np.mean(values)),
+                    "min": float(np.min(values)),
+                    "max": float(np.max(values)),
+                }
         summary.append(entry)
     return summary
 
@@ -189,11 +248,15 @@ def markdown(summary: list[dict[str, Any]]) -> str:
             return f"{value['mean']:+.{digits}f}" if metric != "seconds" else f"{value['mean']:.2f}"
         return f"{value['mean']:+.{digits}f} ({value['min']:+.{digits}f} .. {value['max']:+.{digits}f})"
 
-    lines = ["| data | features | estimator | n | Spearman | gap recovered | NMI | s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data | features | estimator | n | Spearman | gap recovered | NMI | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for entry in summary:
         lines.append(
             f"| {entry['data']} | {entry['features']} | {entry['estimator']} | {entry['n']} | "
-            f"{cell(entry, 'spearman')} | {cell(entry, 'gap_recovered')} | {cell(entry, 'nmi')} | {cell(entry, 'seconds')} |"
+            f"{cell(entry, 'spearman')} | {cell(entry, 'gap_recovered')} | {cell(entry, 'nmi')} | "
+            f"{cell(entry, 'seconds')} |"
         )
     return "\n".join(lines)
 
@@ -216,8 +279,12 @@ def main() -> None:
     rows += _encoder_rows(load_digits_lt(), "digits-LT", "digits-cnn", checkpoints)
     if os.path.isfile(arguments.cifar):
         cifar = resize_images(load_npz(arguments.cifar), arguments.cifar_image_size)
-        rows += _encoder_rows(cifar, f"CIFAR-10-LT {arguments.cifar_image_size}x{arguments.cifar_image_size}",
-                              "small-cnn", sorted(arguments.cifar_checkpoints))
+        rows += _encoder_rows(
+            cifar,
+            f"CIFAR-10-LT {arguments.cifar_image_size}x{arguments.cifar_image_size}",
+            "small-cnn",
+            sorted(arguments.cifar_checkpoints),
+        )
     if not arguments.skip_training:
         rows += during_training(arguments.output)
     summary = summarize(rows)

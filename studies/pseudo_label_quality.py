@@ -80,7 +80,8 @@ def main() -> None:
             frequency = labeler.frequency(torch.arange(labels.size))
             result = pseudo_label_diagnostics(labeler.labels.numpy(), frequency.numpy(), labels, data.groups)
             temperature = temperature_map(frequency, labeler.frequency_reference()).numpy()
-            result["t_few_over_many"] = float(np.exp(np.log(temperature[few]).mean() - np.log(temperature[many]).mean()))
+            log_temperature = np.log(temperature)
+            result["t_few_over_many"] = float(np.exp(log_temperature[few].mean() - log_temperature[many].mean()))
             row = {"checkpoint": path, "epochs": state["epoch"], "k": k, **result}
             rows.append(row)
             print(

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent / "csrc"
+SOURCE_ROOT = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = ("contrastive.cpp", "cpu/contrastive_cpu.cpp")
 CUDA_SOURCES = ("cuda/contrastive_cuda.cu",)
 # -fopenmp: at::parallel_for's OpenMP loop lives in a header and the row loops use

@@ -9,14 +9,16 @@ Environment variables (read once, at the first :func:`has_ext` call):
 - ``TASE_LOSS_REQUIRE_EXT=1``: raise ``RuntimeError`` with the reason when it cannot be
   used, instead of falling back silently (CI sets it for the op tests).
 - ``TASE_LOSS_JIT=1``: when no built ``_C`` is importable, compile it on first use with
-  ``torch.utils.cpp_extension.load`` from a source checkout, cached in
-  ``TASE_LOSS_JIT_CACHE`` (default ``~/.cache/tase_loss/<torch version>``).
+  ``torch.utils.cpp_extension.load`` from the sources shipped in the package
+  (``tase_loss/csrc``), cached in ``TASE_LOSS_JIT_CACHE`` (default
+  ``~/.cache/tase_loss/<torch version>``); one line on stderr says so while it compiles.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -42,7 +44,7 @@ def _flag(name: str) -> bool:
 
 
 def _jit_compile() -> ModuleType:
-    """Compile ``_C`` from ``csrc/`` (a source checkout) into a cached build directory."""
+    """Compile ``_C`` from the package's ``csrc/`` into a cached build directory."""
     from torch.utils import cpp_extension
 
     with_cuda = _build.wants_cuda(torch)
@@ -50,12 +52,19 @@ def _jit_compile() -> ModuleType:
     missing = [path for path in sources if not Path(path).is_file()]
     if missing:
         raise ImportError(
-            f"JIT build needs the C++ sources of a source checkout; missing {missing}"
+            f"the JIT build needs the package's C++ sources; missing {missing}"
         )
     default_cache = Path.home() / ".cache" / "tase_loss" / torch.__version__
     build_directory = Path(os.environ.get(JIT_CACHE_VARIABLE, default_cache))
     build_directory.mkdir(parents=True, exist_ok=True)
     arguments = _build.extension_arguments(torch.__version__, with_cuda)
+    if not any(build_directory.glob("_C*.so")):
+        print(
+            f"tase-loss: compiling the fused op once ({'CPU + CUDA' if with_cuda else 'CPU'}, about a minute "
+            f"or two); cached in {build_directory}",
+            file=sys.stderr,
+            flush=True,
+        )
     return cpp_extension.load(
         name="_C",
         sources=sources,

@@ -102,8 +102,14 @@ class ChunkedRows(torch.autograd.Function):
             row_loss[rows] = lse[rows] - logits.gather(1, positive[:, None]).squeeze(1)
             if forward_gradient:
                 grad_queries[rows], grad_inverse[rows] = _block_gradient(
-                    logits, lse[rows], weight_wide[rows], positive, inverse[rows],
-                    queries[rows].to(accumulate), wide_keys, grad_keys,
+                    logits,
+                    lse[rows],
+                    weight_wide[rows],
+                    positive,
+                    inverse[rows],
+                    queries[rows].to(accumulate),
+                    wide_keys,
+                    grad_keys,
                 )
         ctx.block_rows = step
         ctx.forward_gradient = forward_gradient
@@ -115,9 +121,7 @@ class ChunkedRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        queries, keys, positive_index, self_index, inverse_temperature, weight, lse, row_loss, *unit = (
-            ctx.saved_tensors
-        )
+        queries, keys, positive_index, self_index, inverse_temperature, weight, lse, row_loss, *unit = ctx.saved_tensors
         needs = ctx.needs_input_grad
         accumulate = lse.dtype
         grad_loss = grad_loss.to(accumulate)
@@ -137,8 +141,14 @@ class ChunkedRows(torch.autograd.Function):
                 rows = slice(start, start + step)
                 logits = scaled_logits(queries[rows], keys, self_index[rows], inverse[rows])
                 grad_queries[rows], grad_inverse[rows] = _block_gradient(
-                    logits, lse[rows], coefficient[rows], positive_index[rows], inverse[rows],
-                    queries[rows].to(accumulate), wide_keys, grad_keys,
+                    logits,
+                    lse[rows],
+                    coefficient[rows],
+                    positive_index[rows],
+                    inverse[rows],
+                    queries[rows].to(accumulate),
+                    wide_keys,
+                    grad_keys,
                 )
         return (
             grad_queries.to(queries.dtype) if needs[0] else None,

@@ -34,7 +34,6 @@ estimator is deterministic for a seed (and a thread count: FAISS reduces in para
 from __future__ import annotations
 
 import abc
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -120,9 +119,7 @@ class FrequencyEstimator(abc.ABC):
             raise ValueError(f"features must be an (n, D) tensor, got {type(features).__name__}")
         count = features.shape[0]
         if count < self.minimum_samples:
-            raise ValueError(
-                f"the {self.name} estimator needs at least {self.minimum_samples} samples, got {count}"
-            )
+            raise ValueError(f"the {self.name} estimator needs at least {self.minimum_samples} samples, got {count}")
         if self.uses_loss and (loss is None or tuple(loss.shape) != (count,)):
             raise ValueError(f"the {self.name} estimator needs a ({count},) tensor of per-sample losses")
         started = time.perf_counter()
@@ -138,7 +135,7 @@ class FrequencyEstimator(abc.ABC):
         """The estimate for validated ``(n, D)`` float32 points."""
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
+        options = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if key != "minimum_samples")
         return f"{type(self).__name__}({options})"
 
 
@@ -209,7 +206,9 @@ class ClusterSizeEstimator(FrequencyEstimator):
             )
             members.append((_group_log_frequency(labels), labels))
         sizes = np.bincount(members[0][1])
-        return _ensemble(members, {"num_groups": float((sizes > 0).sum()), "largest_share": float(sizes.max() / points.shape[0])})
+        return _ensemble(
+            members, {"num_groups": float((sizes > 0).sum()), "largest_share": float(sizes.max() / points.shape[0])}
+        )
 
 
 class MergedClusterEstimator(FrequencyEstimator):

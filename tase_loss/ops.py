@@ -36,7 +36,7 @@ _FORWARD_WITH_GRAD = "tase_loss::contrastive_forward_with_grad"
 _BACKWARD = "tase_loss::contrastive_backward"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load() -> frozenset[str]:
     """Load the extension (first call only), register the op's Python side (fake kernels,
     autograd) and return the device types with a kernel."""

@@ -44,7 +44,7 @@ class FrequencyReference:
     log_max: float
 
     @classmethod
-    def of_log(cls, log_frequency: Tensor) -> "FrequencyReference":
+    def of_log(cls, log_frequency: Tensor) -> FrequencyReference:
         """The statistics of a non-empty tensor of log-frequencies."""
         return cls(
             log_mean=float(log_frequency.mean()),

@@ -20,7 +20,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tase_loss import ClusterSizeEstimator, Guidance, KNNDensityEstimator, PseudoLabeler, SampleReweighter, TASEContrastiveLoss, TASECosineLoss, TemperatureMap
+from tase_loss import (
+    ClusterSizeEstimator,
+    Guidance,
+    KNNDensityEstimator,
+    PseudoLabeler,
+    SampleReweighter,
+    TASEContrastiveLoss,
+    TASECosineLoss,
+    TemperatureMap,
+)
 from tase_loss.distributed import all_gather_rows
 from tase_loss.functional import moco_loss
 

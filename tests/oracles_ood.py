@@ -20,7 +20,7 @@ def _views(out0: Tensor, out1: Tensor) -> list[Tensor]:
 
 
 def _weighted_mean(losses: list[Tensor], weights: list[Tensor]) -> Tensor:
-    return sum(w * l for w, l in zip(weights, losses)) / sum(weights)
+    return sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
 
 
 def target_rows_loop(queries, keys, target, self_index, temperature, pair_weight=None):

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import socket
 
+import distributed_workers as workers
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from tase_loss import TASEContrastiveLoss
 from tase_loss.functional import moco_loss, moco_loss_and_all_keys, nt_xent_loss
-
-import distributed_workers as workers
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -158,5 +158,7 @@ def test_labeler_estimate_failure_mutates_nothing():
     with pytest.raises(ValueError, match="needs at least 21 samples, the bank holds 10"):
         labeler.estimate()
     after = labeler.state_dict()
-    assert all(torch.equal(before[key], after[key]) if isinstance(before[key], torch.Tensor)
-               else before[key] == after[key] for key in before)
+    assert all(
+        torch.equal(before[key], after[key]) if isinstance(before[key], torch.Tensor) else before[key] == after[key]
+        for key in before
+    )

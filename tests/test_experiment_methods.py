@@ -53,9 +53,9 @@ def test_list_methods_shows_the_baselines(capsys):
 
 @pytest.mark.parametrize("loss", NEW_METHODS)
 def test_resume_matches_uninterrupted_run(tmp_path, loss):
-    full_model, full_method, full_history = _train_tiny(loss, tmp_path, "full")
+    full_model, _, full_history = _train_tiny(loss, tmp_path, "full")
     _train_tiny(loss, tmp_path, "split", stop_after=2)
-    resumed_model, resumed_method, resumed_history = _train_tiny(loss, tmp_path, "split")
+    resumed_model, _, resumed_history = _train_tiny(loss, tmp_path, "split")
     assert len(full_history) == len(resumed_history) == 4
     assert all(np.isfinite(record["loss"]) for record in full_history)
     assert [record["loss"] for record in resumed_history] == [record["loss"] for record in full_history]
@@ -115,7 +115,7 @@ def test_rwsam_step_equals_a_hand_written_sam_step():
 
 
 def test_ts_follows_the_schedule_over_the_run(tmp_path):
-    _, method, history = _train_tiny("ts", tmp_path, "ts", epochs=4)
+    _, _, history = _train_tiny("ts", tmp_path, "ts", epochs=4)
     # period = 4 epochs: epochs 1..4 start at t(1..4) = 0.55, 0.1, 0.55, 1.0
     assert [record["temperature"] for record in history] == pytest.approx([0.55, 0.1, 0.55, 1.0])
     _, tase_ts, _ = _train_tiny("tase-ts", tmp_path, "tase-ts", epochs=2, schedule=ScheduleSettings(period=4.0))

@@ -68,8 +68,10 @@ def _run_main(capsys, arguments):
         (["--epochs", "0"], "--epochs"),
         (["--seeds", "a,b"], "comma-separated integers"),
         (["--encoder", "vgg"], "unknown encoder"),
-        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--encoder", "vgg"], "not available"
-         if not torch.cuda.is_available() else "unknown encoder"),
+        (
+            ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--encoder", "vgg"],
+            "not available" if not torch.cuda.is_available() else "unknown encoder",
+        ),
     ],
 )
 def test_cli_bad_arguments_one_line(capsys, arguments, fragment):
@@ -110,7 +112,10 @@ def test_cli_missing_array_and_probe(capsys, tmp_path):
 def test_module_entry_point_error_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tase_loss.experiments", "--methods", "nope"],
-        cwd=REPOSITORY, capture_output=True, text=True, timeout=300,
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": REPOSITORY},
     )
     assert result.returncode == 2
@@ -125,8 +130,14 @@ def test_core_import_does_not_load_optional_dependencies():
         "import sys, tase_loss; "
         "print(sorted(m for m in ('sklearn', 'matplotlib', 'kornia', 'tase_loss.experiments') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "PYTHONPATH": REPOSITORY})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": REPOSITORY},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -263,8 +274,9 @@ def test_test_split_without_a_class_is_a_clear_error(tmp_path):
 
 
 def _settings(**tase):
-    return MethodSettings(tase=TASESettings(**{"num_clusters": (4,), "warmup_epochs": 1, **tase}),
-                          moco=MoCoSettings(queue_size=64))
+    return MethodSettings(
+        tase=TASESettings(**{"num_clusters": (4,), "warmup_epochs": 1, **tase}), moco=MoCoSettings(queue_size=64)
+    )
 
 
 def _train_tiny(method_name, tmp_path, name, stop_after=None, epochs=3, settings=None):
@@ -275,8 +287,12 @@ def _train_tiny(method_name, tmp_path, name, stop_after=None, epochs=3, settings
     from tase_loss.experiments.augmentations import simclr_augmentation
 
     config = TrainingConfig(
-        epochs=epochs, batch_size=16, checkpoint_path=str(tmp_path / f"{name}.pt"),
-        stop_after_epochs=stop_after, progress=False, settings={"method": method_name},
+        epochs=epochs,
+        batch_size=16,
+        checkpoint_path=str(tmp_path / f"{name}.pt"),
+        stop_after_epochs=stop_after,
+        progress=False,
+        settings={"method": method_name},
     )
     history = train(model, method, images, simclr_augmentation(8, 1), config)
     return model, method, history, config
@@ -306,7 +322,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     with pytest.raises(CheckpointError, match=r"other settings \(method: 'tase' -> 'ntxent'\)"):
         _train_tiny("ntxent", tmp_path, "run")
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot resume from .*broken.pt"):
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*broken\.pt"):
         _train_tiny("tase", tmp_path, "broken")
 
 
@@ -341,8 +357,9 @@ def test_oracle_method_uses_true_class_frequencies():
     model = build_model("digits-cnn", 1, projection_dim=16)
     labels = np.array([0] * 6 + [1] * 3 + [2])
     settings = _settings(num_clusters=(2,), warmup_epochs=2)
-    method = build_method("tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings, train_labels=labels),
-                          model)
+    method = build_method(
+        "tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings, train_labels=labels), model
+    )
     assert method.on_epoch_end(0) == {} and method.sample_statistics() == {}
     assert method.on_epoch_end(1) == {"estimated": 1.0}
     statistics = method.sample_statistics()
@@ -355,8 +372,10 @@ def test_oracle_method_uses_true_class_frequencies():
 
 def _part(method, accuracies, seeds=None):
     dataset = {"name": "toy", "class_counts": [2, 1, 1]}
-    runs = [{"method": method, "seed": seed, "linear": {"all": value}, "knn": {"all": value}}
-            for seed, value in zip(seeds or range(len(accuracies)), accuracies)]
+    runs = [
+        {"method": method, "seed": seed, "linear": {"all": value}, "knn": {"all": value}}
+        for seed, value in zip(seeds or range(len(accuracies)), accuracies)
+    ]
     return {"dataset": dataset, "config": {}, "runs": runs}
 
 
@@ -418,9 +437,28 @@ def test_budget_plan_gives_every_method_the_same_epochs():
 def test_parallel_jobs_merge_into_one_table(tmp_path):
     output = tmp_path / "suite"
     result = subprocess.run(
-        [sys.executable, "-m", "tase_loss.experiments", "--methods", "ntxent,tase", "--seeds", "0",
-         "--epochs", "2", "--warmup-epochs", "1", "--parallel", "2", "--output", str(output)],
-        cwd=REPOSITORY, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": REPOSITORY},
+        [
+            sys.executable,
+            "-m",
+            "tase_loss.experiments",
+            "--methods",
+            "ntxent,tase",
+            "--seeds",
+            "0",
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "1",
+            "--parallel",
+            "2",
+            "--output",
+            str(output),
+        ],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": REPOSITORY},
     )
     assert result.returncode == 0, result.stderr
     results = json.loads((output / "results.json").read_text())
@@ -432,8 +470,22 @@ def test_parallel_jobs_merge_into_one_table(tmp_path):
 @pytest.mark.slow
 def test_budget_suite_times_the_methods_and_gives_equal_epochs(capsys, tmp_path):
     output = str(tmp_path / "budget")
-    code = cli.main(["--budget-minutes", "1.5", "--methods", "ntxent,tase", "--seeds", "0", "--min-epochs", "2",
-                     "--no-progress", "--no-checkpoints", "--output", output])
+    code = cli.main(
+        [
+            "--budget-minutes",
+            "1.5",
+            "--methods",
+            "ntxent,tase",
+            "--seeds",
+            "0",
+            "--min-epochs",
+            "2",
+            "--no-progress",
+            "--no-checkpoints",
+            "--output",
+            output,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
@@ -493,8 +545,21 @@ def test_embedded_default_end_to_end(capsys, tmp_path):
 
 def test_cli_resume_continues_and_refuses_changed_settings(capsys, tmp_path):
     output = str(tmp_path / "resume")
-    common = ["--methods", "moco-tase", "--seeds", "0", "--epochs", "3", "--warmup-epochs", "1",
-              "--checkpoint-every", "1", "--no-progress", "--output", output]
+    common = [
+        "--methods",
+        "moco-tase",
+        "--seeds",
+        "0",
+        "--epochs",
+        "3",
+        "--warmup-epochs",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+        "--output",
+        output,
+    ]
     assert cli.main([*common, "--stop-after-epochs", "1"]) == 0
     checkpoint = os.path.join(output, "checkpoints", "moco-tase_seed0.pt")
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
@@ -502,8 +567,8 @@ def test_cli_resume_continues_and_refuses_changed_settings(capsys, tmp_path):
     code, lines = _run_main(capsys, [*common, "--resume", "--queue-size", "512"])
     assert code == 2 and len(lines) == 1, lines
     assert "settings.moco.queue_size: 4096 -> 512" in lines[0] and "--resume-anyway" in lines[0]
-    assert not os.path.exists(os.path.join(output, "results.json")) or "partial" not in open(
-        os.path.join(output, "results.json"), encoding="utf-8").read()
+    with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
+        assert "partial" not in json.load(handle)  # the refused resume wrote nothing
     assert cli.main([*common, "--resume"]) == 0
     with open(os.path.join(output, "results.json"), encoding="utf-8") as handle:
         assert json.load(handle)["runs"][0]["epochs_completed"] == 3
@@ -517,6 +582,7 @@ def test_cli_output_under_a_file_and_a_corrupt_checkpoint_are_one_line(capsys, t
     output = tmp_path / "corrupt"
     (output / "checkpoints").mkdir(parents=True)
     (output / "checkpoints" / "ntxent_seed0.pt").write_bytes(b"\x00garbage")
-    code, lines = _run_main(capsys, ["--methods", "ntxent", "--seeds", "0", "--epochs", "1", "--resume",
-                                     "--output", str(output)])
+    code, lines = _run_main(
+        capsys, ["--methods", "ntxent", "--seeds", "0", "--epochs", "1", "--resume", "--output", str(output)]
+    )
     assert code == 2 and len(lines) == 1 and "cannot resume from" in lines[0], lines

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from oracles import cosine_loop, lightly_nt_xent, moco_loop, nt_xent_loop
 
 from tase_loss import byol_loss, moco_loss, nt_xent_loss, simsiam_loss
 from tase_loss.functional import weighted_reduce
-
-from oracles import cosine_loop, lightly_nt_xent, moco_loop, nt_xent_loop
 
 F64 = torch.float64
 

@@ -5,6 +5,7 @@ import io
 
 import pytest
 import torch
+from oracles import cosine_loop, lightly_nt_xent, moco_loop, nt_xent_loop
 
 from tase_loss import (
     ClusterSizeEstimator,
@@ -15,8 +16,6 @@ from tase_loss import (
     TemperatureMap,
     nt_xent_loss,
 )
-
-from oracles import cosine_loop, lightly_nt_xent, moco_loop, nt_xent_loop
 
 F64 = torch.float64
 
@@ -49,9 +48,7 @@ def test_index_during_warmup_is_nt_xent():
     labeler = PseudoLabeler(40, 4, ClusterSizeEstimator(4), warmup_epochs=5)
     criterion = TASEContrastiveLoss(temperature=0.3, pseudo_labeler=labeler)
     out0, out1 = _batch()
-    torch.testing.assert_close(
-        criterion(out0, out1, index=torch.arange(6)), nt_xent_loss(out0, out1, 0.3)
-    )
+    torch.testing.assert_close(criterion(out0, out1, index=torch.arange(6)), nt_xent_loss(out0, out1, 0.3))
     # the call stored the batch's (normalized) embeddings in the labeler's bank
     assert labeler.bank.seen_index().tolist() == list(range(6))
     torch.testing.assert_close(
@@ -59,8 +56,16 @@ def test_index_during_warmup_is_nt_xent():
     )
 
 
-@pytest.mark.parametrize("index", [torch.tensor([0, 1, 2, 3, 4, 40]), torch.tensor([0, 1, 2, 3, 4, -1]),
-                                   torch.arange(5), torch.arange(6.0), [0, 1, 2, 3, 4, 5]])
+@pytest.mark.parametrize(
+    "index",
+    [
+        torch.tensor([0, 1, 2, 3, 4, 40]),
+        torch.tensor([0, 1, 2, 3, 4, -1]),
+        torch.arange(5),
+        torch.arange(6.0),
+        [0, 1, 2, 3, 4, 5],
+    ],
+)
 def test_index_is_validated_from_the_first_call_warmup_included(index):
     labeler = PseudoLabeler(40, 4, warmup_epochs=5)
     criterion = TASEContrastiveLoss(pseudo_labeler=labeler)
@@ -102,8 +107,10 @@ def test_index_lookup_applies_the_maps_with_the_dataset_reference():
     assert float(temperature[-2]) < float(temperature[0])  # tail sample, smaller temperature
     assert float(weight[-2]) > float(weight[0])
     torch.testing.assert_close(
-        criterion(out0, out1, index=index), nt_xent_loop(out0, out1, temperature, weight),
-        rtol=1e-6, atol=0,
+        criterion(out0, out1, index=index),
+        nt_xent_loop(out0, out1, temperature, weight),
+        rtol=1e-6,
+        atol=0,
     )
 
 
@@ -159,7 +166,8 @@ def test_cosine_loss_lookup_weights_match_loop():
     torch.testing.assert_close(
         criterion(prediction, target, index=index),
         cosine_loop(prediction, target, weight, "simsiam"),
-        rtol=1e-6, atol=0,
+        rtol=1e-6,
+        atol=0,
     )
 
 
@@ -224,7 +232,9 @@ def test_criterion_state_dict_carries_the_labeler_and_resumes_with_weights_only(
     torch.save(criterion.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
-    assert {"pseudo_labeler.bank.features", "pseudo_labeler.log_frequency", "pseudo_labeler.num_estimates"} <= set(state)
+    assert {"pseudo_labeler.bank.features", "pseudo_labeler.log_frequency", "pseudo_labeler.num_estimates"} <= set(
+        state
+    )
     fresh = PseudoLabeler(40, 4, ClusterSizeEstimator(4), warmup_epochs=1)
     resumed = TASEContrastiveLoss(pseudo_labeler=fresh)
     resumed.load_state_dict(state)

@@ -5,6 +5,13 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles_ood import (
+    distillation_loop,
+    domain_loop,
+    guided_loop,
+    pseudo_semantic_loop,
+    target_rows_loop,
+)
 
 from tase_loss import ClusterSizeEstimator, PseudoLabeler, nt_xent_loss
 from tase_loss.functional import contrastive_rows, contrastive_targets
@@ -23,14 +30,6 @@ from tase_loss.ood import (
     train_two_stage,
 )
 from tase_loss.reference import contrastive_rows_reference, contrastive_targets_reference
-
-from oracles_ood import (
-    distillation_loop,
-    domain_loop,
-    guided_loop,
-    pseudo_semantic_loop,
-    target_rows_loop,
-)
 
 F64 = torch.float64
 
@@ -100,7 +99,7 @@ def test_targets_with_pair_weights_match_the_loop():
         queries, keys, target, self_index, 1.0 / temperature, weight, pair_weight
     )
     loop = target_rows_loop(queries, keys, target, self_index.tolist(), temperature, pair_weight)
-    oracle = sum(w * l for w, l in zip(weight, loop))
+    oracle = sum(w * loss for w, loss in zip(weight, loop))
     _assert_same_values_and_grads(rows.sum(), oracle, (queries, keys, temperature, weight))
 
 
@@ -203,7 +202,7 @@ def test_pseudo_semantic_loss_rejects_bad_instance_mass():
 def test_pseudo_semantic_loss_rejects_a_single_sample_and_bad_temperature():
     with pytest.raises(ValueError, match="at least 2"):
         pseudo_semantic_loss(_randn(1, 2, seed=31), _randn(1, 2, seed=32), torch.tensor([0]))
-    with pytest.raises(ValueError, match="temperature must be >= 0.0001"):
+    with pytest.raises(ValueError, match=r"temperature must be >= 0\.0001"):
         pseudo_semantic_loss(
             _randn(3, 2, seed=33), _randn(3, 2, seed=34), torch.arange(3),
             torch.tensor([0.1, -0.1, 0.2], dtype=F64),
@@ -383,7 +382,7 @@ def test_sampler_prefers_ood_near_tail_clusters():
 
 def test_sampler_is_deterministic_per_seed_and_epoch():
     id_features, id_labels, ood_features, _ = _planted_mixture()
-    make = lambda seed: TailBiasedOODSampler(  # noqa: E731
+    make = lambda seed: TailBiasedOODSampler(
         id_features, id_labels, ood_features, num_samples=50, seed=seed
     )
     first, again, other_seed = make(3), make(3), make(4)

@@ -18,11 +18,11 @@ from tase_loss import _extension
 if not _extension.has_ext():
     pytest.skip(f"extension not built: {_extension.load_error()}", allow_module_level=True)
 
-from tase_loss import functional  # noqa: E402
-from tase_loss.ops import contrastive_rows_fused, has_kernel, is_applicable  # noqa: E402
-from tase_loss.reference import contrastive_rows_reference  # noqa: E402
+from oracles import row_losses_loop
 
-from oracles import row_losses_loop  # noqa: E402
+from tase_loss import functional
+from tase_loss.ops import contrastive_rows_fused, has_kernel, is_applicable
+from tase_loss.reference import contrastive_rows_reference
 
 F64 = torch.float64
 assert has_kernel("cpu")  # loads the op and registers its autograd formulas and fakes
@@ -187,7 +187,7 @@ def _half_errors(dtype, seed):
     truth = loss_and_grads(lambda *c: contrastive_rows_reference(*c), case32)
     fused = loss_and_grads(contrastive_rows_fused, half)
     reference = loss_and_grads(lambda *c: contrastive_rows_reference(*c), half)
-    error = lambda values: [float((v - t).detach().abs().max()) for v, t in zip(values, truth)]  # noqa: E731
+    error = lambda values: [float((v - t).detach().abs().max()) for v, t in zip(values, truth)]
     return error(fused), error(reference)
 
 
@@ -231,7 +231,7 @@ def test_bad_index_is_a_clear_error():
     queries, keys, positive, self_index, inverse_temperature, weight = _case(4, 5, 3)
     with pytest.raises(RuntimeError, match="positive_index"):
         OPS.contrastive_forward(queries, keys, positive + 5, self_index, inverse_temperature, weight)
-    with pytest.raises(RuntimeError, match="same|features"):
+    with pytest.raises(RuntimeError, match=r"same|features"):
         OPS.contrastive_forward(queries, keys[:, :2], positive, self_index, inverse_temperature, weight)
 
 

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from oracles import row_losses_loop
 
 from tase_loss import functional
 from tase_loss.reference import contrastive_rows_chunked, contrastive_rows_reference
-
-from oracles import row_losses_loop
 
 F64 = torch.float64
 
@@ -35,9 +34,7 @@ def _case(rows, num_keys, dim, self_mode="mixed", dtype=F64, seed=0, keys_grad=T
 
 
 def _detached(case, keys_grad=True):
-    return tuple(
-        t.detach().clone().requires_grad_(t.requires_grad) if t.is_floating_point() else t for t in case
-    )
+    return tuple(t.detach().clone().requires_grad_(t.requires_grad) if t.is_floating_point() else t for t in case)
 
 
 def _values_and_grads(rows_fn, case, grad_rows):
@@ -65,14 +62,18 @@ def test_materialized_rows_match_the_loop_oracle(self_mode):
 def test_chunked_rows_match_the_materialized_rows_in_float64(rows, num_keys, block_rows, uniform_grad, self_mode):
     case = _case(rows, num_keys, 6, self_mode=self_mode, seed=3)
     twin = _detached(case)
-    grad_rows = (torch.full((rows,), 0.7, dtype=F64) if uniform_grad
-                 else torch.randn(rows, dtype=F64, generator=torch.Generator().manual_seed(4)))
+    grad_rows = (
+        torch.full((rows,), 0.7, dtype=F64)
+        if uniform_grad
+        else torch.randn(rows, dtype=F64, generator=torch.Generator().manual_seed(4))
+    )
 
     def chunked(*arguments):
         return contrastive_rows_chunked(*arguments, uniform_grad=uniform_grad, block_rows=block_rows)
 
-    for actual, wanted in zip(_values_and_grads(chunked, case, grad_rows),
-                              _values_and_grads(contrastive_rows_reference, twin, grad_rows)):
+    for actual, wanted in zip(
+        _values_and_grads(chunked, case, grad_rows), _values_and_grads(contrastive_rows_reference, twin, grad_rows)
+    ):
         torch.testing.assert_close(actual, wanted, rtol=1e-12, atol=1e-12)
 
 
@@ -123,6 +124,7 @@ def test_dispatch_order_fused_then_chunked_then_materialized(monkeypatch):
         def run(*arguments, **options):
             called.append(name)
             return result_of(*arguments[:6])
+
         return run
 
     monkeypatch.setattr(functional, "contrastive_rows_fused", spy("fused", contrastive_rows_reference))
@@ -140,8 +142,9 @@ def test_dispatch_order_fused_then_chunked_then_materialized(monkeypatch):
 
 
 def test_nt_xent_through_the_chunked_path_equals_the_materialized(monkeypatch):
-    out0, out1 = (torch.randn(12, 5, dtype=F64, generator=torch.Generator().manual_seed(8)).requires_grad_()
-                  for _ in range(2))
+    out0, out1 = (
+        torch.randn(12, 5, dtype=F64, generator=torch.Generator().manual_seed(8)).requires_grad_() for _ in range(2)
+    )
     temperature = torch.rand(12, dtype=F64) * 0.3 + 0.05
     weight = torch.rand(12, dtype=F64)
     monkeypatch.setattr(functional, "is_applicable", lambda q, k: False)

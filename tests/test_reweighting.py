@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
+from oracles import power_map
 
 from tase_loss import FrequencyReference, SampleReweighter, TemperatureMap
-
-from oracles import power_map
 
 FREQUENCY = [0.4, 0.24, 0.14, 0.09, 0.05, 0.03, 0.02, 0.012, 0.008, 0.004]
 

@@ -27,7 +27,11 @@ def _pair(batch_size=4, dim=3):
     "make,error,pattern",
     [
         (lambda a, b: (a.clone().index_fill_(0, torch.tensor([1]), float("nan")), b), ValueError, "out0 contains NaN"),
-        (lambda a, b: (a, b.clone().index_fill_(0, torch.tensor([0]), float("inf"))), ValueError, "out1 contains NaN or Inf"),
+        (
+            lambda a, b: (a, b.clone().index_fill_(0, torch.tensor([0]), float("inf"))),
+            ValueError,
+            "out1 contains NaN or Inf",
+        ),
         (lambda a, b: (a, b[:3]), ValueError, "out1 has shape"),
         (lambda a, b: (a, b.double()), TypeError, "out1 has dtype"),
         (lambda a, b: (a[0], b[0]), ValueError, r"out0 must have shape \(B, D\)"),
@@ -50,7 +54,11 @@ def test_bad_embeddings(make, error, pattern):
         (float("inf"), ValueError, "temperature must be a finite number"),
         (1e-39, ValueError, "temperature must be a finite number >= 0.0001"),
         ("0.2", TypeError, "temperature must be a finite number"),
-        (torch.tensor([0.2, 0.0, 0.2, 0.2]), ValueError, r"temperature must be >= 0.0001 and <= 10000, got values in \[0, 0.2\]"),
+        (
+            torch.tensor([0.2, 0.0, 0.2, 0.2]),
+            ValueError,
+            r"temperature must be >= 0.0001 and <= 10000, got values in \[0, 0.2\]",
+        ),
         (torch.tensor([0.2, 1e-39, 0.2, 0.2]), ValueError, "temperature must be >= 0.0001"),
         (torch.tensor([0.2, 0.2]), ValueError, r"temperature must have shape \(4,\)"),
         (torch.tensor([0.2, float("nan"), 0.2, 0.2]), ValueError, "temperature contains NaN"),
@@ -103,7 +111,7 @@ def test_module_errors_leave_the_queue_untouched():
 
 
 def test_module_constructor_errors():
-    with pytest.raises(ValueError, match="temperature must be a finite number >= 0.0001"):
+    with pytest.raises(ValueError, match=r"temperature must be a finite number >= 0\.0001"):
         TASEContrastiveLoss(temperature=0.0)
     with pytest.raises(TypeError, match="temperature must be a float here, got a tensor"):
         TASEContrastiveLoss(temperature=torch.tensor(0.2))
@@ -118,7 +126,9 @@ def test_module_constructor_errors():
 
 
 def _fitted_labeler(num_samples=10, dim=3):
-    labeler = PseudoLabeler(num_samples=num_samples, feature_dim=dim, estimator=ClusterSizeEstimator(2), warmup_epochs=1)
+    labeler = PseudoLabeler(
+        num_samples=num_samples, feature_dim=dim, estimator=ClusterSizeEstimator(2), warmup_epochs=1
+    )
     labeler.update(torch.arange(num_samples), torch.randn(num_samples, dim))
     labeler.estimate()
     return labeler
@@ -168,11 +178,27 @@ def test_labeler_errors_and_no_mutation():
     "change,error,pattern",
     [
         (lambda state: state.pop("labels"), ValueError, r"state_dict is missing \['labels'\]"),
-        (lambda state: state.update(num_estimates=None), TypeError, r"state_dict\['num_estimates'\] must be an integer"),
-        (lambda state: state.update({"bank.seen": state["bank.seen"].numpy()}), TypeError, r"state_dict\['bank.seen'\] must be a torch.Tensor"),
-        (lambda state: state.update({"bank.features": state["bank.features"].tolist()}), TypeError, r"state_dict\['bank.features'\] must be a torch.Tensor"),
+        (
+            lambda state: state.update(num_estimates=None),
+            TypeError,
+            r"state_dict\['num_estimates'\] must be an integer",
+        ),
+        (
+            lambda state: state.update({"bank.seen": state["bank.seen"].numpy()}),
+            TypeError,
+            r"state_dict\['bank.seen'\] must be a torch.Tensor",
+        ),
+        (
+            lambda state: state.update({"bank.features": state["bank.features"].tolist()}),
+            TypeError,
+            r"state_dict\['bank.features'\] must be a torch.Tensor",
+        ),
         (lambda state: state.update(has_estimate=torch.zeros(10, dtype=torch.bool)), ValueError, "disagrees"),
-        (lambda state: state["log_frequency"].__setitem__(3, float("nan")), ValueError, r"state_dict\['log_frequency'\] contains NaN"),
+        (
+            lambda state: state["log_frequency"].__setitem__(3, float("nan")),
+            ValueError,
+            r"state_dict\['log_frequency'\] contains NaN",
+        ),
         (lambda state: state["log_frequency"].__setitem__(3, 0.5), ValueError, "must be <= 0"),
         (lambda state: state.update(labels=state["labels"].float()), TypeError, r"state_dict\['labels'\] has dtype"),
         (lambda state: state.update(labels=state["labels"][:5]), ValueError, r"state_dict\['labels'\] has shape"),
@@ -195,7 +221,7 @@ def test_map_errors():
         SampleReweighter(alpha=-1)
     with pytest.raises(ValueError, match="max_weight must be a finite number >= 1"):
         SampleReweighter(max_weight=0.5)
-    with pytest.raises(ValueError, match="min_temperature must be a finite number >= 0.0001 and <= 0.2"):
+    with pytest.raises(ValueError, match=r"min_temperature must be a finite number >= 0\.0001 and <= 0\.2"):
         TemperatureMap(min_temperature=0.5, max_temperature=0.1)
     with pytest.raises(ValueError, match="mapping must be one of"):
         TemperatureMap(mapping="linear")
@@ -247,8 +273,9 @@ def test_zero_rows_are_rejected_not_given_inf_gradients():
             loss(out0, out1)
 
 
-@pytest.mark.parametrize("loss", [nt_xent_loss, moco_loss, byol_loss, simsiam_loss,
-                                  TASECosineLoss("byol"), TASEContrastiveLoss()])
+@pytest.mark.parametrize(
+    "loss", [nt_xent_loss, moco_loss, byol_loss, simsiam_loss, TASECosineLoss("byol"), TASEContrastiveLoss()]
+)
 def test_empty_batches_are_rejected(loss):
     with pytest.raises(ValueError, match="at least 1 row"):
         loss(torch.zeros(0, 3), torch.zeros(0, 3))

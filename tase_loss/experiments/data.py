@@ -15,13 +15,13 @@ from typing import Optional
 import numpy as np
 
 __all__ = [
+    "OVERLAPS",
     "DataError",
     "LongTailedData",
     "group_classes",
     "load_digits_lt",
     "load_image_folder",
     "load_npz",
-    "OVERLAPS",
     "long_tailed_counts",
     "planted_mixture",
     "resize_images",

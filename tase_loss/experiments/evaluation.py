@@ -20,11 +20,11 @@ from torch import nn
 
 __all__ = [
     "extract_features",
+    "frequency_quality",
     "group_accuracies",
     "knn_predict",
     "linear_probe",
     "per_class_accuracy",
-    "frequency_quality",
 ]
 
 
@@ -84,18 +84,19 @@ def knn_predict(
     query_features: np.ndarray,
     num_classes: int,
     k: int = 20,
-    device: torch.device = torch.device("cpu"),
+    device: Optional[torch.device] = None,
 ) -> np.ndarray:
     """Cosine kNN: each query's ``k`` most similar memory items vote with their similarity.
 
-    Computed on ``device`` (float64 on the CPU, float32 elsewhere). Ties between
-    classes go to the lowest label.
+    Computed on ``device`` (default the CPU; float64 there, float32 elsewhere). Ties
+    between classes go to the lowest label.
 
     Example:
         >>> memory = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
         >>> knn_predict(memory, np.array([0, 0, 1]), np.array([[0.2, 1.0]]), 2, k=2).tolist()
         [1]
     """
+    device = torch.device("cpu") if device is None else device
     dtype = torch.float64 if device.type == "cpu" else torch.float32
     memory = torch.nn.functional.normalize(torch.as_tensor(memory_features, dtype=dtype, device=device), dim=1)
     queries = torch.nn.functional.normalize(torch.as_tensor(query_features, dtype=dtype, device=device), dim=1)

@@ -18,7 +18,9 @@ GROUP_COLORS = {"many": "#d9e8f5", "medium": "#eeeeee", "few": "#f8e0d0"}
 
 def _cells(metrics: dict[str, dict[str, float]], signed: bool) -> list[str]:
     sign = "+" if signed else ""
-    return [f"{100 * metrics[key]['mean']:{sign}5.1f} ± {100 * metrics[key]['std']:.1f}".ljust(12) for key, _ in COLUMNS]
+    return [
+        f"{100 * metrics[key]['mean']:{sign}5.1f} ± {100 * metrics[key]['std']:.1f}".ljust(12) for key, _ in COLUMNS
+    ]
 
 
 def format_table(summary: dict[str, dict[str, dict[str, float]]], differences: dict[str, Any] | None = None) -> str:
@@ -31,7 +33,10 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]], differences: d
         method (linear probe, % mean ± std over seeds)   Many          Medium        Few           All           Std           kNN
         ntxent (2 seeds)                                  50.0 ± 1.0    50.0 ± 1.0    50.0 ± 1.0    50.0 ± 1.0    50.0 ± 1.0    50.0 ± 1.0
     """
-    rows = [(f"{method} ({next(iter(metrics.values()))['n']} seeds)", _cells(metrics, False)) for method, metrics in summary.items()]
+    rows = [
+        (f"{method} ({next(iter(metrics.values()))['n']} seeds)", _cells(metrics, False))
+        for method, metrics in summary.items()
+    ]
     for method, metrics in (differences or {}).items():
         rows.append((f"{method} - ntxent (paired, {next(iter(metrics.values()))['n']})", _cells(metrics, True)))
     header_name = "method (linear probe, % mean ± std over seeds)"
@@ -72,8 +77,15 @@ def _group_bands(axis: Any, groups: dict[str, list[int]], position: dict[int, in
         where = [position[c] for c in members]
         if where:
             axis.axvspan(min(where) - 0.5, max(where) + 0.5, color=GROUP_COLORS.get(name, "#eeeeee"), zorder=0)
-            axis.text((min(where) + max(where)) / 2, 1.0, name.capitalize(), transform=axis.get_xaxis_transform(),
-                      ha="center", va="bottom", fontsize=9)
+            axis.text(
+                (min(where) + max(where)) / 2,
+                1.0,
+                name.capitalize(),
+                transform=axis.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=9,
+            )
 
 
 def plot_results(results: dict[str, Any], path: str) -> None:
@@ -109,20 +121,34 @@ def plot_results(results: dict[str, Any], path: str) -> None:
         _group_bands(axis, dataset["groups"], position)
     for method in methods:
         mean, spread = per_class[method].mean(axis=0), per_class[method].std(axis=0)
-        accuracy.errorbar(x, 100 * mean[order], yerr=100 * spread[order], marker="o", capsize=3, label=method, color=colors[method])
+        accuracy.errorbar(
+            x, 100 * mean[order], yerr=100 * spread[order], marker="o", capsize=3, label=method, color=colors[method]
+        )
     accuracy.set_ylabel("linear-probe accuracy (%)")
     accuracy.set_title("per-class accuracy (mean ± std over seeds)")
     accuracy.legend(fontsize=8)
 
-    baseline = {run["seed"]: np.asarray(run["linear_per_class"]) for run in results["runs"] if run["method"] == "ntxent"}
+    baseline = {
+        run["seed"]: np.asarray(run["linear_per_class"]) for run in results["runs"] if run["method"] == "ntxent"
+    }
     drawn = False
     for method in methods:
-        paired = [np.asarray(run["linear_per_class"]) - baseline[run["seed"]]
-                  for run in results["runs"] if run["method"] == method and method != "ntxent" and run["seed"] in baseline]
+        paired = [
+            np.asarray(run["linear_per_class"]) - baseline[run["seed"]]
+            for run in results["runs"]
+            if run["method"] == method and method != "ntxent" and run["seed"] in baseline
+        ]
         if paired:
             stacked = 100 * np.array(paired)
-            difference.errorbar(x, stacked.mean(axis=0)[order], yerr=stacked.std(axis=0)[order], marker="o", capsize=3,
-                                label=f"{method} ({len(paired)} seeds)", color=colors[method])
+            difference.errorbar(
+                x,
+                stacked.mean(axis=0)[order],
+                yerr=stacked.std(axis=0)[order],
+                marker="o",
+                capsize=3,
+                label=f"{method} ({len(paired)} seeds)",
+                color=colors[method],
+            )
             drawn = True
     difference.axhline(0.0, color="black", linewidth=0.8)
     difference.set_ylabel("accuracy - NT-Xent, same seed (points)")
@@ -130,10 +156,14 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     if drawn:
         difference.legend(fontsize=8)
     else:
-        difference.text(0.5, 0.5, "no NT-Xent run to compare with", ha="center", va="center", transform=difference.transAxes)
+        difference.text(
+            0.5, 0.5, "no NT-Xent run to compare with", ha="center", va="center", transform=difference.transAxes
+        )
 
-    for axis, statistic, label, neutral in ((temperature, "temperature", "mean per-sample temperature", None),
-                                            (weight, "weight", "mean per-sample weight", 1.0)):
+    for axis, statistic, label, neutral in (
+        (temperature, "temperature", "mean per-sample temperature", None),
+        (weight, "weight", "mean per-sample weight", 1.0),
+    ):
         drawn = False
         for method in methods:
             run = next(run for run in results["runs"] if run["method"] == method)

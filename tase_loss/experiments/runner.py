@@ -111,7 +111,14 @@ def _summarize_statistics(statistics: dict[str, np.ndarray], labels: np.ndarray,
 def run_settings(method: str, seed: int, data: LongTailedData, config: ExperimentConfig) -> dict[str, Any]:
     """What a checkpoint of this run must agree with to be resumed (not the stop point)."""
     training = dataclasses.asdict(config.training)
-    for transient in ("checkpoint_path", "checkpoint_every", "stop_after_epochs", "progress", "settings", "ignore_settings"):
+    for transient in (
+        "checkpoint_path",
+        "checkpoint_every",
+        "stop_after_epochs",
+        "progress",
+        "settings",
+        "ignore_settings",
+    ):
         training.pop(transient)
     return {
         "data": {"name": data.name, "class_counts": data.class_counts.tolist()},

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 from tase_loss.experiments.data import LongTailedData
 
-__all__ = ["BudgetPlan", "SUITE_METHODS", "OPTIONAL_METHODS", "plan_budget", "run_parallel", "time_epochs"]
+__all__ = ["OPTIONAL_METHODS", "SUITE_METHODS", "BudgetPlan", "plan_budget", "run_parallel", "time_epochs"]
 
 SUITE_METHODS = ("ntxent", "tase", "tase-oracle", "ts", "rwsam")
 OPTIONAL_METHODS = ("rwsam", "ts")
@@ -175,10 +175,11 @@ def run_parallel(
             folder = os.path.join(output_dir, "jobs", f"{method}_seed{seed}")
             os.makedirs(folder, exist_ok=True)
             folders[(method, seed)] = folder
-            job = command + ["--methods", method, "--seeds", str(seed), "--output", folder]
+            job = [*command, "--methods", method, "--seeds", str(seed), "--output", folder]
             if threads_per_job is not None:
                 job += ["--threads", str(threads_per_job)]
-            log_file = open(os.path.join(folder, "log.txt"), "w", encoding="utf-8")
+            # Closed when the job ends (below): it outlives this block, as the process does.
+            log_file = open(os.path.join(folder, "log.txt"), "w", encoding="utf-8")  # noqa: SIM115
             running.append((subprocess.Popen(job, stdout=log_file, stderr=subprocess.STDOUT), folder, log_file))
         time.sleep(0.2)
         for entry in list(running):

@@ -179,7 +179,9 @@ def load_checkpoint(path: str, settings: Optional[dict[str, Any]], ignore_settin
     return state
 
 
-def _progress_reporter(config: TrainingConfig, description: str, start_epoch: int) -> tuple[Callable[[dict], None], Callable[[], None]]:
+def _progress_reporter(
+    config: TrainingConfig, description: str, start_epoch: int
+) -> tuple[Callable[[dict], None], Callable[[], None]]:
     """A tqdm bar on a terminal; one plain line per epoch otherwise; nothing if disabled."""
     if not config.progress:
         return (lambda record: None), (lambda: None)

@@ -33,7 +33,14 @@ import torch
 from torch import Tensor
 
 from tase_loss._numerics import accumulation_dtype, unit_rows
-from tase_loss._validation import TemperatureLike, check_embeddings, check_int, check_real, check_reduction, check_same_shape
+from tase_loss._validation import (
+    TemperatureLike,
+    check_embeddings,
+    check_int,
+    check_real,
+    check_reduction,
+    check_same_shape,
+)
 from tase_loss.functional import nt_xent_target_loss, weighted_reduce
 
 __all__ = ["guided_contrastive_loss", "guided_targets", "similarity_distillation_loss"]

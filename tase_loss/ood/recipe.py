@@ -30,12 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from tase_loss._validation import TemperatureLike
+from tase_loss.estimators import ClusterSizeEstimator
+from tase_loss.guidance import Guidance
 from tase_loss.ood.domain import DomainHead, domain_discrimination_loss
 from tase_loss.ood.guided import guided_contrastive_loss, similarity_distillation_loss
 from tase_loss.ood.multi_positive import pseudo_semantic_loss
 from tase_loss.ood.sampler import TailBiasedOODSampler
-from tase_loss.estimators import ClusterSizeEstimator
-from tase_loss.guidance import Guidance
 from tase_loss.pseudo_labeler import PseudoLabeler
 from tase_loss.reweighting import SampleReweighter, TemperatureMap
 

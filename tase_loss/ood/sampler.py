@@ -20,6 +20,7 @@ cluster, points close to it over points far away (``proximity_temperature``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -146,7 +147,7 @@ class TailBiasedOODSampler(Sampler[int]):
     @classmethod
     def from_pseudo_labeler(
         cls, pseudo_labeler: PseudoLabeler, num_id: int, num_samples: int, **options: object
-    ) -> "TailBiasedOODSampler":
+    ) -> TailBiasedOODSampler:
         """Build the sampler from a labeler whose bank holds ID rows then OOD rows.
 
         Bank rows ``[0, num_id)`` are the ID samples and ``[num_id, N)`` the OOD

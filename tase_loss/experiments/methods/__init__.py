@@ -59,7 +59,8 @@ class MethodEntry(NamedTuple):
 
 METHODS: dict[str, MethodEntry] = {
     "ntxent": MethodEntry(
-        lambda context, model: ContrastiveMethod(context, model, None), "SimCLR's NT-Xent, one temperature, unit weights"
+        lambda context, model: ContrastiveMethod(context, model, None),
+        "SimCLR's NT-Xent, one temperature, unit weights",
     ),
     "tase": MethodEntry(
         lambda context, model: ContrastiveMethod(context, model, "both"),
@@ -87,13 +88,13 @@ METHODS: dict[str, MethodEntry] = {
     "byol-tase": MethodEntry(
         lambda context, model: CosineMethod(context, model, "byol", True), "BYOL cosine loss, TASE-weighted"
     ),
-    "simsiam": MethodEntry(lambda context, model: CosineMethod(context, model, "simsiam", False), "SimSiam cosine loss"),
+    "simsiam": MethodEntry(
+        lambda context, model: CosineMethod(context, model, "simsiam", False), "SimSiam cosine loss"
+    ),
     "simsiam-tase": MethodEntry(
         lambda context, model: CosineMethod(context, model, "simsiam", True), "SimSiam cosine loss, TASE-weighted"
     ),
-    "rwsam": MethodEntry(
-        RwSAMMethod, "NT-Xent with rwSAM (weighted-ascent SAM), label-free kNN-density weights"
-    ),
+    "rwsam": MethodEntry(RwSAMMethod, "NT-Xent with rwSAM (weighted-ascent SAM), label-free kNN-density weights"),
     "ts": MethodEntry(
         lambda context, model: TemperatureScheduleMethod(context, model, None),
         "NT-Xent with the cosine temperature schedule (TS, t 0.1-1.0)",

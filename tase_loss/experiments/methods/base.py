@@ -66,7 +66,7 @@ class MethodContext:
     num_samples: int
     seed: int
     device: torch.device
-    settings: "MethodSettings"
+    settings: MethodSettings
     precision: str = "fp32"
     train_labels: Optional[np.ndarray] = None
     epochs: Optional[int] = None
@@ -123,7 +123,9 @@ class Method(nn.Module):
         self.labeler: Optional[PseudoLabeler] = None
         self.guidance: Optional[Guidance] = None
 
-    def training_step(self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    def training_step(
+        self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Tensor]:
         """Forward, backward and step on one batch; returns detached 0-dim tensors (``"loss"``)."""
         raise NotImplementedError
 

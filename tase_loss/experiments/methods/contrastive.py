@@ -77,7 +77,9 @@ class MoCoSettings:
     encoder_momentum: float = 0.99
 
 
-def build_labeler(context: MethodContext, feature_dim: int, estimator: Optional[FrequencyEstimator] = None) -> PseudoLabeler:
+def build_labeler(
+    context: MethodContext, feature_dim: int, estimator: Optional[FrequencyEstimator] = None
+) -> PseudoLabeler:
     """The run's pseudo-labeler: TASE's schedule, the bank on the training device."""
     tase = context.settings.tase
     return PseudoLabeler(
@@ -142,7 +144,9 @@ class ContrastiveMethod(Method):
         self.key_encoder = frozen_copy(model) if moco else None
         self.encoder_momentum = queue.encoder_momentum
 
-    def loss(self, out0: Tensor, out1: Tensor, batch: Batch, features0: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    def loss(
+        self, out0: Tensor, out1: Tensor, batch: Batch, features0: Tensor, weight: Optional[Tensor] = None
+    ) -> Tensor:
         """The criterion on fp32 projections: guided by ``index=`` when a labeler exists."""
         if self.labeler is None or weight is not None:
             return self.criterion(out0.float(), out1.float(), weight=weight)
@@ -161,7 +165,9 @@ class ContrastiveMethod(Method):
                 _, out1 = self.key_encoder(batch.view1)
             return features0, out0, out1
 
-    def training_step(self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    def training_step(
+        self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Tensor]:
         features0, out0, out1 = self.embed(batch, model)
         loss = self.loss(out0, out1, batch, features0.float())
         self.precision.backward_step(loss, optimizer)

@@ -40,7 +40,9 @@ class CosineMethod(Method):
             return self.criterion(prediction.float(), target.float())
         return self.criterion(prediction.float(), target.float(), index=batch.index, features=features)
 
-    def training_step(self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    def training_step(
+        self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Tensor]:
         with self.precision.autocast():
             features, projections = model(torch.cat([batch.view0, batch.view1]))
             predictions = self.predictor(projections)
@@ -52,7 +54,7 @@ class CosineMethod(Method):
                     _, targets = self.target_encoder(torch.cat([batch.view0, batch.view1]))
         prediction0, prediction1 = predictions.chunk(2)
         target0, target1 = targets.chunk(2)
-        features0, features1 = features.float().chunk(2)
+        features0 = features[: batch.index.shape[0]].float()
         loss = 0.5 * (
             self._loss(prediction0, target1, batch, features0) + self._loss(prediction1, target0, batch, features0)
         )

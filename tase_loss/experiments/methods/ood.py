@@ -87,7 +87,9 @@ class OODGuidedMethod(Method):
         # As in Method: FAISS's own OpenMP pool next to torch's oversubscribes a small CPU.
         self.recipe.pseudo_labeler.num_threads = torch.get_num_threads()
 
-    def training_step(self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    def training_step(
+        self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Tensor]:
         if model is not self._network.model:
             raise ValueError("ood-guided must train the model it was built for")
         loss = self.recipe.training_step((batch.index, batch.view0, batch.view1), self._network, optimizer)

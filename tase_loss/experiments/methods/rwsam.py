@@ -79,7 +79,9 @@ class RwSAMMethod(ContrastiveMethod):
             self._sam = sam
         return sam
 
-    def training_step(self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    def training_step(
+        self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Tensor]:
         sam = self._wrapped(optimizer)
         weight = self.weights(batch.index)
         size = batch.index.shape[0]
