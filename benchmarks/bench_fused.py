@@ -4,8 +4,13 @@ Forward + backward of NT-Xent rows (Q = K = both views, M = 2B anchors, self exc
 positive = other view), D = 128, one per-row temperature vector and unit weights:
 
 - ``fused``: :func:`tase_loss.ops.contrastive_rows_fused` (needs the built extension);
-- ``reference``: :func:`tase_loss.reference.contrastive_rows_reference`, the plain path
-  that materializes the ``(M, M)`` logits;
+- ``chunked``: :func:`tase_loss.reference.contrastive_rows_chunked`, the pure-PyTorch
+  path in row blocks (memory linear in ``M``);
+- ``reference``: :func:`tase_loss.reference.contrastive_rows_reference`, the
+  pure-PyTorch path that materializes the ``(M, M)`` logits;
+- ``plain``: six lines of plain PyTorch NT-Xent (normalize, ``Z @ Z.T / t``, ``-inf``
+  diagonal, ``F.cross_entropy``) on the same embeddings;
+- ``compiled``: ``torch.compile`` of ``plain``;
 - ``lightly``: lightly's ``NTXentLoss`` (memory_bank_size=0) as transcribed in
   ``tests/oracles.py`` (lightly itself needs torchvision, which cannot be installed here);
 - ``gemm3``: the three GEMMs no implementation can avoid, ``S = Q K^T``, ``S K`` and
@@ -44,9 +49,9 @@ if str(REPO) not in sys.path:
 from oracles import lightly_nt_xent  # noqa: E402
 
 from tase_loss.ops import contrastive_rows_fused, is_applicable  # noqa: E402
-from tase_loss.reference import contrastive_rows_reference  # noqa: E402
+from tase_loss.reference import contrastive_rows_chunked, contrastive_rows_reference  # noqa: E402
 
-PROVIDERS = ("fused", "reference", "lightly", "gemm3")
+PROVIDERS = ("fused", "chunked", "reference", "plain", "compiled", "lightly", "gemm3")
 TEMPERATURE = 0.2
 
 
@@ -87,15 +92,28 @@ def make_step(
 
         return step
     leaf = embeddings.requires_grad_()
+    if provider in ("plain", "compiled"):
+        plain = _plain_nt_xent if provider == "plain" else torch.compile(_plain_nt_xent)
+
+        def step() -> None:
+            plain(leaf, batch).backward()
+            leaf.grad = None
+
+        return step
     if provider == "fused":
         if not is_applicable(leaf, leaf):
             raise RuntimeError("the fused provider needs the built extension (TASE_LOSS_BUILD_EXT=1)")
-        rows_function = contrastive_rows_fused
-    elif provider == "reference":
 
         def rows_function(*arguments):
-            return contrastive_rows_reference(*arguments)[0]
+            return contrastive_rows_fused(*arguments, uniform_grad=True)  # a mean follows
 
+    elif provider == "chunked":
+
+        def rows_function(*arguments):
+            return contrastive_rows_chunked(*arguments, uniform_grad=True)
+
+    elif provider == "reference":
+        rows_function = contrastive_rows_reference
     else:
         raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
 
@@ -104,6 +122,20 @@ def make_step(
         leaf.grad = None
 
     return step
+
+
+def _plain_nt_xent(embeddings: torch.Tensor, batch: int) -> torch.Tensor:
+    """Plain PyTorch NT-Xent on ``(2B, D)`` embeddings (normalized again, as a user would)."""
+    unit = torch.nn.functional.normalize(embeddings, dim=1)
+    logits = unit @ unit.T / TEMPERATURE
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.arange(2 * batch, device=embeddings.device).roll(batch)
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
+
+
+def _probe(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    probe = torch.ones(1, 1, device=device)
+    return probe, probe
 
 
 def time_providers(
@@ -154,11 +186,11 @@ def time_moco(
     )
 
     def fused() -> None:
-        contrastive_rows_fused(leaf, keys, *arguments).mean().backward()
+        contrastive_rows_fused(leaf, keys, *arguments, uniform_grad=True).mean().backward()
         leaf.grad = None
 
     def reference() -> None:
-        contrastive_rows_reference(leaf, keys, *arguments)[0].mean().backward()
+        contrastive_rows_reference(leaf, keys, *arguments).mean().backward()
         leaf.grad = None
 
     def gemm2() -> None:
@@ -256,8 +288,13 @@ def run(
     on_cuda = device.startswith("cuda")
     if not on_cuda:
         torch.set_num_threads(2)
-    # lightly's transcription builds its masks on the CPU, so it is a CPU-only provider.
-    providers = ("fused", "reference", "gemm3") if on_cuda else PROVIDERS
+    # lightly's transcription builds its masks on the CPU, so it is a CPU-only provider;
+    # the fused provider needs the built extension.
+    providers = tuple(
+        name
+        for name in PROVIDERS
+        if not (on_cuda and name == "lightly") and not (name == "fused" and not is_applicable(*_probe(device)))
+    )
     report: dict = {
         "rows": rows,
         "dim": dim,
@@ -268,17 +305,15 @@ def run(
     if rounds > 0:
         samples = time_providers(rows, dim, rounds, providers, device=device, dtype=dtype)
         report["seconds_median"] = {name: statistics.median(v) for name, v in samples.items()}
-        report["fused_over_gemm3"] = ratio_summary(samples, "fused", "gemm3")
-        report["reference_over_fused"] = ratio_summary(samples, "reference", "fused")
-        if "lightly" in samples:
-            report["lightly_over_fused"] = ratio_summary(samples, "lightly", "fused")
+        report["over_plain"] = {name: ratio_summary(samples, name, "plain") for name in samples if name != "plain"}
+        report["over_gemm3"] = {name: ratio_summary(samples, name, "gemm3") for name in samples if name != "gemm3"}
     if rounds > 0 and moco_queue > 0 and not on_cuda:
         moco = time_moco(256, moco_queue, dim, rounds)
         report["moco_batch_256_queue"] = moco_queue
         report["moco_seconds_median"] = {name: statistics.median(v) for name, v in moco.items()}
         report["moco_fused_over_gemm2"] = ratio_summary(moco, "fused", "gemm2")
         report["moco_reference_over_fused"] = ratio_summary(moco, "reference", "fused")
-    memory_providers = ("fused", "reference") if on_cuda else ("fused", "reference", "lightly")
+    memory_providers = tuple(name for name in providers if name not in ("gemm3", "lightly", "compiled"))
     report["memory"] = {
         f"{name}@{size}": (
             cuda_peak_memory(name, size, dim, dtype)
