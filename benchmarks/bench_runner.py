@@ -64,7 +64,9 @@ def epoch_seconds(arguments: argparse.Namespace, method_name: str) -> dict:
         model = model.to(memory_format=torch.channels_last)
     augment = simclr_augmentation(32, 3).to(device)
     settings = MethodSettings(tase=TASESettings(warmup_epochs=1))
-    context = MethodContext(images.shape[0], 0, device, settings, precision=arguments.precision, epochs=arguments.epochs)
+    context = MethodContext(
+        images.shape[0], 0, device, settings, precision=arguments.precision, epochs=arguments.epochs
+    )
     method = build_method(method_name, context, model)
     if arguments.compile:
         model.compile()

@@ -63,7 +63,7 @@ def main(epochs: int = 20, warmup_epochs: int = 5, max_steps: int = 0, seed: int
             if max_steps and step >= max_steps:
                 return loss.item()
         labeler.end_epoch(epoch)  # TASE
-        print(f"epoch {epoch}: loss {loss.item():.3f}, queue {int(criterion.queue_length)}")
+        print(f"epoch {epoch}: loss {loss.item():.3f}, queue {int(criterion.queue.length)}")
     return loss.item()
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from tase_loss import functional
-from tase_loss._numerics import unit_rows
 from tase_loss._validation import (
     TemperatureLike,
     check_base_temperature,
@@ -22,6 +21,7 @@ from tase_loss._validation import (
 )
 from tase_loss.guidance import Guidance
 from tase_loss.pseudo_labeler import PseudoLabeler
+from tase_loss.queue import KeyQueue
 from tase_loss.reweighting import SampleReweighter, TemperatureMap
 
 __all__ = ["TASEContrastiveLoss", "TASECosineLoss"]
@@ -183,13 +183,9 @@ class TASEContrastiveLoss(_GuidedLoss):
         >>> weighted = criterion(out0, out1, temperature=torch.full((8,), 0.1),
         ...                      weight=torch.rand(8))
         >>> moco = TASEContrastiveLoss(queue_size=32, feature_dim=16)
-        >>> moco(out0, out1).shape, int(moco.queue_length)
+        >>> moco(out0, out1).shape, int(moco.queue.length)
         (torch.Size([]), 8)
     """
-
-    queue: Tensor
-    queue_pointer: Tensor
-    queue_length: Tensor
 
     def __init__(
         self,
@@ -216,11 +212,7 @@ class TASEContrastiveLoss(_GuidedLoss):
         self.reduction = reduction
         self.queue_size = queue_size
         self.gather_distributed = bool(gather_distributed)
-        self._queue_frozen = False
-        if queue_size > 0:
-            self.register_buffer("queue", torch.zeros(queue_size, feature_dim))
-            self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.int64))
-            self.register_buffer("queue_length", torch.zeros((), dtype=torch.int64))
+        self.queue = KeyQueue(queue_size, feature_dim) if queue_size > 0 else None
 
     def set_temperature(self, temperature: float) -> None:
         """Set the base temperature: NT-Xent's and, with a labeler, the map's ``t_base``.
@@ -251,15 +243,14 @@ class TASEContrastiveLoss(_GuidedLoss):
             >>> queries, keys = torch.randn(4, 4), torch.randn(4, 4)
             >>> with criterion.queue_frozen():
             ...     loss = criterion(queries, keys)
-            >>> int(criterion.queue_length)
+            >>> int(criterion.queue.length)
             0
         """
-        previous = self._queue_frozen
-        self._queue_frozen = True
-        try:
+        if self.queue is None:
             yield
-        finally:
-            self._queue_frozen = previous
+            return
+        with self.queue.frozen():
+            yield
 
     def forward(
         self,
@@ -321,48 +312,19 @@ class TASEContrastiveLoss(_GuidedLoss):
         self, queries: Tensor, keys: Tensor, temperature: TemperatureLike, weight: Optional[Tensor], reduction: str
     ) -> Tensor:
         check_embeddings("out1", keys)
-        if keys.shape[1] != self.queue.shape[1]:
-            raise ValueError(f"out1 has feature size {keys.shape[1]} but the queue holds {self.queue.shape[1]}")
-        if self.queue.device != keys.device:
-            raise ValueError(f"the queue is on {self.queue.device} but out1 is on {keys.device}: move the loss module")
-        # Reading the queue's length is free here: it is a buffer on the keys' device,
-        # sliced by a view whose size the next enqueue knows on the host.
-        queue = self.queue[: self._host_queue_length].to(dtype=keys.dtype)
+        assert self.queue is not None
         loss, all_keys = functional.moco_loss_and_all_keys(
-            queries, keys, queue, temperature, weight, reduction, gather_distributed=self.gather_distributed
+            queries,
+            keys,
+            self.queue.read(keys),
+            temperature,
+            weight,
+            reduction,
+            gather_distributed=self.gather_distributed,
         )
         # Every rank enqueues all ranks' keys in rank order: the queues stay identical.
-        if all_keys.shape[0] > self.queue_size:
-            raise ValueError(f"a batch of {all_keys.shape[0]} keys does not fit in a queue of {self.queue_size}")
-        if not self._queue_frozen:
-            self._enqueue(all_keys)
+        self.queue.write(all_keys)
         return loss
-
-    @property
-    def _host_queue_length(self) -> int:
-        """The queue's fill level as a Python int, tracked on the host (no device read)."""
-        length = getattr(self, "_queue_length_cache", None)
-        if length is None:
-            length = int(self.queue_length)
-            self._queue_length_cache = length
-        return length
-
-    @torch.no_grad()
-    def _enqueue(self, keys: Tensor) -> None:
-        """Write keys at the pointer, wrapping around; the oldest keys are replaced."""
-        batch_size = keys.shape[0]
-        slots = (self.queue_pointer + torch.arange(batch_size, device=self.queue.device)) % self.queue_size
-        # Normalize in at least float32 and never below the queue's own precision.
-        self.queue[slots] = unit_rows(keys.detach().to(torch.promote_types(self.queue.dtype, torch.float32))).to(
-            self.queue
-        )
-        self.queue_pointer.copy_((self.queue_pointer + batch_size) % self.queue_size)
-        self.queue_length.copy_(torch.clamp(self.queue_length + batch_size, max=self.queue_size))
-        self._queue_length_cache = min(self._host_queue_length + batch_size, self.queue_size)
-
-    def _load_from_state_dict(self, *arguments: Any, **keywords: Any) -> None:
-        super()._load_from_state_dict(*arguments, **keywords)
-        self._queue_length_cache = None  # re-read from the loaded buffer on the next call
 
     def extra_repr(self) -> str:
         return (

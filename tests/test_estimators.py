@@ -16,7 +16,8 @@ from tase_loss import (
     build_estimator,
     knn_log_density,
 )
-from tase_loss.estimators import ESTIMATORS, _mutual_edges, intrinsic_dimension
+from tase_loss.estimators import ESTIMATORS, intrinsic_dimension
+from tase_loss.estimators.density import _mutual_edges
 from tase_loss.experiments.data import group_classes, planted_mixture
 from tase_loss.experiments.evaluation import frequency_quality
 

@@ -36,8 +36,13 @@ def _fit(epochs, warmup_epochs):
     labeler = PseudoLabeler(len(data), 8, warmup_epochs=warmup_epochs)
     module = _SimCLR(labeler)
     trainer = lightning.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[PseudoLabelerCallback(labeler)],
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[PseudoLabelerCallback(labeler)],
     )
     trainer.fit(module, DataLoader(data, batch_size=32, shuffle=True))
     return labeler, module

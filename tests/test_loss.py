@@ -142,8 +142,8 @@ def test_moco_reads_the_queue_before_enqueueing_and_wraps_without_dropping():
         seen_keys.extend(torch.nn.functional.normalize(keys, dim=1).split(1))
     # 16 keys through a queue of 10: slots hold keys 10..15 then 6..9 (ring order).
     expected_queue = torch.cat(seen_keys[10:16] + seen_keys[6:10])
-    torch.testing.assert_close(criterion.queue, expected_queue, rtol=1e-12, atol=0)
-    assert int(criterion.queue_length) == 10 and int(criterion.queue_pointer) == 6
+    torch.testing.assert_close(criterion.queue.keys, expected_queue, rtol=1e-12, atol=0)
+    assert int(criterion.queue.length) == 10 and int(criterion.queue.pointer) == 6
 
 
 def test_moco_state_dict_round_trip_continues_exactly():
@@ -154,7 +154,7 @@ def test_moco_state_dict_round_trip_continues_exactly():
     resumed.load_state_dict(criterion.state_dict())
     queries, keys = [t.float() for t in _batch(3, seed=9)]
     assert torch.equal(criterion(queries, keys), resumed(queries, keys))
-    assert torch.equal(criterion.queue, resumed.queue)
+    assert torch.equal(criterion.queue.keys, resumed.queue.keys)
 
 
 def test_cosine_loss_lookup_weights_match_loop():

@@ -20,7 +20,7 @@ if not _extension.has_ext():
 
 from oracles import row_losses_loop
 
-from tase_loss import functional
+from tase_loss.functional import rows as dispatch
 from tase_loss.ops import contrastive_rows_fused, has_kernel, is_applicable
 from tase_loss.reference import contrastive_rows_reference
 
@@ -242,8 +242,8 @@ def test_dispatch_uses_the_fused_op(monkeypatch):
     def fail(*args):
         raise AssertionError("reference path used although the extension is applicable")
 
-    monkeypatch.setattr(functional, "contrastive_rows_reference", fail)
-    functional.contrastive_rows(*case)
+    monkeypatch.setattr(dispatch, "contrastive_rows_reference", fail)
+    dispatch.contrastive_rows(*case)
 
 
 _LOSSES_SCRIPT = r"""

@@ -5,6 +5,7 @@ import torch
 from oracles import row_losses_loop
 
 from tase_loss import functional
+from tase_loss.functional import rows as dispatch
 from tase_loss.reference import contrastive_rows_chunked, contrastive_rows_reference
 
 F64 = torch.float64
@@ -127,17 +128,17 @@ def test_dispatch_order_fused_then_chunked_then_materialized(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(functional, "contrastive_rows_fused", spy("fused", contrastive_rows_reference))
-    monkeypatch.setattr(functional, "contrastive_rows_chunked", spy("chunked", contrastive_rows_reference))
-    monkeypatch.setattr(functional, "contrastive_rows_reference", spy("materialized", contrastive_rows_reference))
+    monkeypatch.setattr(dispatch, "contrastive_rows_fused", spy("fused", contrastive_rows_reference))
+    monkeypatch.setattr(dispatch, "contrastive_rows_chunked", spy("chunked", contrastive_rows_reference))
+    monkeypatch.setattr(dispatch, "contrastive_rows_reference", spy("materialized", contrastive_rows_reference))
     case = tuple(t.detach() if t.is_floating_point() else t for t in _case(8, 8, 4))
-    monkeypatch.setattr(functional, "is_applicable", lambda q, k: True)
-    functional.contrastive_rows(*case)
-    monkeypatch.setattr(functional, "is_applicable", lambda q, k: False)
-    monkeypatch.setattr(functional, "CHUNKED_ABOVE", 63)
-    functional.contrastive_rows(*case)  # 8 x 8 = 64 logits > 63
-    monkeypatch.setattr(functional, "CHUNKED_ABOVE", 64)
-    functional.contrastive_rows(*case)
+    monkeypatch.setattr(dispatch, "is_applicable", lambda q, k: True)
+    dispatch.contrastive_rows(*case)
+    monkeypatch.setattr(dispatch, "is_applicable", lambda q, k: False)
+    monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 63)
+    dispatch.contrastive_rows(*case)  # 8 x 8 = 64 logits > 63
+    monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 64)
+    dispatch.contrastive_rows(*case)
     assert called == ["fused", "chunked", "materialized"]
 
 
@@ -147,10 +148,10 @@ def test_nt_xent_through_the_chunked_path_equals_the_materialized(monkeypatch):
     )
     temperature = torch.rand(12, dtype=F64) * 0.3 + 0.05
     weight = torch.rand(12, dtype=F64)
-    monkeypatch.setattr(functional, "is_applicable", lambda q, k: False)
+    monkeypatch.setattr(dispatch, "is_applicable", lambda q, k: False)
     expected = functional.nt_xent_loss(out0, out1, temperature, weight)
     expected_grads = torch.autograd.grad(expected, [out0, out1])
-    monkeypatch.setattr(functional, "CHUNKED_ABOVE", 0)
+    monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 0)
     chunked = functional.nt_xent_loss(out0, out1, temperature, weight)
     torch.testing.assert_close(chunked, expected, rtol=1e-12, atol=1e-12)
     for actual, wanted in zip(torch.autograd.grad(chunked, [out0, out1]), expected_grads):

@@ -261,21 +261,21 @@ def test_moco_queue_is_enqueued_once_and_both_passes_see_the_same_queue():
     x0, x1, weight = _batch(8)
     with torch.no_grad():
         criterion(encoder(x0), momentum_encoder(x1))  # a first batch fills part of the queue
-        queue_before = criterion.queue.clone()
+        queue_before = criterion.queue.keys.clone()
         keys = momentum_encoder(x1)  # keys once per step
     seen_lengths = []
 
     def compute_loss(batch_weight):
-        seen_lengths.append(int(criterion.queue_length))
+        seen_lengths.append(int(criterion.queue.length))
         return criterion(encoder(x0), keys, weight=batch_weight)
 
     loss = rwsam_step(optimizer, compute_loss, weight, freeze=[encoder, criterion])
     assert torch.isfinite(loss)
     assert seen_lengths == [BATCH, BATCH]  # pass 2 did not see this batch's keys
-    assert int(criterion.queue_length) == 2 * BATCH
-    torch.testing.assert_close(criterion.queue[:BATCH], queue_before[:BATCH])
+    assert int(criterion.queue.length) == 2 * BATCH
+    torch.testing.assert_close(criterion.queue.keys[:BATCH], queue_before[:BATCH])
     torch.testing.assert_close(
-        criterion.queue[BATCH : 2 * BATCH], torch.nn.functional.normalize(keys, dim=1)
+        criterion.queue.keys[BATCH : 2 * BATCH], torch.nn.functional.normalize(keys, dim=1)
     )
 
 
@@ -287,10 +287,10 @@ def test_queue_frozen_context_reads_without_writing():
         with criterion.queue_frozen():
             frozen_loss = criterion(queries, keys)
         criterion(queries, keys)
-        assert int(criterion.queue_length) == 4
+        assert int(criterion.queue.length) == 4
     # Outside the block the same call enqueues again and reads the same queue as before.
     torch.testing.assert_close(criterion(queries, keys), frozen_loss)
-    assert int(criterion.queue_length) == 8
+    assert int(criterion.queue.length) == 8
 
 
 @pytest.mark.parametrize("variant", ["byol", "simsiam"])

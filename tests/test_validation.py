@@ -101,7 +101,7 @@ def test_module_errors_leave_the_queue_untouched():
     out0, out1 = _pair()
     with pytest.raises(ValueError, match="weight must be >= 0"):
         criterion(out0, out1, weight=torch.tensor([1.0, -1.0, 1.0, 1.0]))
-    assert criterion._host_queue_length == 4
+    assert criterion.queue._host_length == 4
     with pytest.raises(ValueError, match="does not fit in a queue of 8"):
         criterion(*_pair(9))
     with pytest.raises(ValueError, match="out1 has feature size 2"):

@@ -1,0 +1,89 @@
+"""The estimator interface: what every frequency estimator takes and returns."""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["FrequencyEstimate", "FrequencyEstimator"]
+
+
+@dataclass(frozen=True)
+class FrequencyEstimate:
+    """One estimate for the ``n`` samples an estimator was given.
+
+    Attributes:
+        log_frequency: ``(n,)`` float64, ``log f_i <= 0``.
+        labels: ``(n,)`` int64 group ids, or ``None`` for an estimator without groups.
+        diagnostics: scalars describing the fit (its time, sizes, scales).
+    """
+
+    log_frequency: Tensor
+    labels: Optional[Tensor] = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+class FrequencyEstimator(abc.ABC):
+    """Per-sample log-frequencies from unit-norm features (and, if it says so, losses).
+
+    Subclasses set :attr:`name`, :attr:`uses_loss` and implement :meth:`_estimate`;
+    :meth:`estimate` validates the input and times the call.
+    """
+
+    name: ClassVar[str]
+    uses_loss: ClassVar[bool] = False
+    """Whether :meth:`estimate` reads per-sample losses instead of features."""
+
+    minimum_samples: int = 2
+
+    def estimate(
+        self,
+        features: Tensor,
+        *,
+        seed: int = 0,
+        num_threads: Optional[int] = None,
+        loss: Optional[Tensor] = None,
+    ) -> FrequencyEstimate:
+        """Estimate the frequency of each of ``n`` samples.
+
+        Args:
+            features: ``(n, D)`` float32 CPU unit rows (a :class:`~tase_loss.FeatureBank`'s
+                :meth:`~tase_loss.FeatureBank.rows`).
+            seed: seed of every random choice (k-means initialization, subsampling).
+            num_threads: OpenMP threads FAISS may use; ``None`` leaves its setting.
+            loss: ``(n,)`` float per-sample losses, for estimators with :attr:`uses_loss`.
+
+        Returns:
+            A :class:`FrequencyEstimate` whose ``diagnostics`` include ``seconds``.
+
+        Raises:
+            ValueError: too few samples for this estimator, or missing losses.
+        """
+        if not isinstance(features, Tensor) or features.dim() != 2:
+            raise ValueError(f"features must be an (n, D) tensor, got {type(features).__name__}")
+        count = features.shape[0]
+        if count < self.minimum_samples:
+            raise ValueError(f"the {self.name} estimator needs at least {self.minimum_samples} samples, got {count}")
+        if self.uses_loss and (loss is None or tuple(loss.shape) != (count,)):
+            raise ValueError(f"the {self.name} estimator needs a ({count},) tensor of per-sample losses")
+        started = time.perf_counter()
+        points = np.ascontiguousarray(features.detach().to("cpu", torch.float32).numpy())
+        estimate = self._estimate(points, seed, num_threads, loss)
+        estimate.diagnostics["seconds"] = time.perf_counter() - started
+        return estimate
+
+    @abc.abstractmethod
+    def _estimate(
+        self, points: np.ndarray, seed: int, num_threads: Optional[int], loss: Optional[Tensor]
+    ) -> FrequencyEstimate:
+        """The estimate for validated ``(n, D)`` float32 points."""
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if key != "minimum_samples")
+        return f"{type(self).__name__}({options})"

@@ -1,0 +1,166 @@
+"""Estimators from clusterings: k-means cluster share, and over-clustering merged by linkage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+import torch
+
+from tase_loss._faiss import spherical_kmeans
+from tase_loss._validation import check_int
+from tase_loss.estimators.base import FrequencyEstimate, FrequencyEstimator
+
+__all__ = ["ClusterSizeEstimator", "MergedClusterEstimator"]
+
+
+def _cluster_counts(num_clusters: Union[int, Sequence[int]]) -> tuple[int, ...]:
+    counts = (num_clusters,) if isinstance(num_clusters, int) and not isinstance(num_clusters, bool) else num_clusters
+    if not isinstance(counts, Sequence) or not counts:
+        raise ValueError(f"num_clusters must be an integer or a non-empty sequence of them, got {num_clusters!r}")
+    return tuple(check_int("num_clusters", count, minimum=1) for count in counts)
+
+
+def _ensemble(members: list[tuple[np.ndarray, np.ndarray]], diagnostics: dict[str, float]) -> FrequencyEstimate:
+    """The geometric mean of the members' frequencies; the first member's labels."""
+    log_frequency = np.mean([member for member, _ in members], axis=0)
+    return FrequencyEstimate(
+        torch.from_numpy(np.ascontiguousarray(log_frequency, dtype=np.float64)),
+        torch.from_numpy(members[0][1].astype(np.int64)),
+        diagnostics,
+    )
+
+
+def _group_log_frequency(labels: np.ndarray) -> np.ndarray:
+    sizes = np.bincount(labels)
+    return np.log(sizes[labels] / labels.size)
+
+
+class ClusterSizeEstimator(FrequencyEstimator):
+    """``f_i = n_c(i) / N`` from FAISS spherical k-means (the spec's estimator).
+
+    Args:
+        num_clusters: ``k``, or a sequence of ``k`` values: an ensemble whose estimate is
+            the geometric mean over members (member ``j`` is seeded ``seed + j``).
+        num_iterations: k-means iterations.
+        max_training_points: centroids are trained on at most this many points; every
+            point is assigned.
+
+    Example:
+        >>> import torch
+        >>> points = torch.nn.functional.normalize(torch.randn(60, 4), dim=1)
+        >>> estimate = ClusterSizeEstimator(num_clusters=3).estimate(points)
+        >>> float(estimate.log_frequency.exp().max()) <= 1.0
+        True
+    """
+
+    name = "cluster-size"
+
+    def __init__(
+        self,
+        num_clusters: Union[int, Sequence[int]] = 10,
+        *,
+        num_iterations: int = 20,
+        max_training_points: int = 100_000,
+    ) -> None:
+        self.num_clusters = _cluster_counts(num_clusters)
+        self.num_iterations = check_int("num_iterations", num_iterations, minimum=1)
+        self.max_training_points = check_int("max_training_points", max_training_points, minimum=1)
+        self.minimum_samples = max(self.num_clusters)
+
+    def _estimate(self, points, seed, num_threads, loss):  # type: ignore[no-untyped-def]
+        members = []
+        for member, count in enumerate(self.num_clusters):
+            labels, _ = spherical_kmeans(
+                points,
+                count,
+                seed=seed + member,
+                num_iterations=self.num_iterations,
+                max_training_points=self.max_training_points,
+                num_threads=num_threads,
+            )
+            members.append((_group_log_frequency(labels), labels))
+        sizes = np.bincount(members[0][1])
+        return _ensemble(
+            members, {"num_groups": float((sizes > 0).sum()), "largest_share": float(sizes.max() / points.shape[0])}
+        )
+
+
+class MergedClusterEstimator(FrequencyEstimator):
+    """Over-cluster with k-means, merge centroids into ``C`` groups; ``f_i`` = group share.
+
+    k-means with ``k = C`` on long-tailed data makes clusters of similar size. With
+    ``k = over_clustering x C`` every class gets clusters of its own (a head class many,
+    a tail class at least one), and average linkage on the unit centroids (cosine
+    distance, each centroid one item) joins clusters of one class before clusters of
+    different classes, so the group sizes follow the class sizes when the classes are
+    separated. Groups are cut at ``C`` with scipy's ``fcluster(criterion="maxclust")``.
+
+    Args:
+        num_clusters: ``C``, the number of groups (or a sequence: an ensemble).
+        over_clustering: fine clusters per group; ``k = min(over_clustering * C, n // 2)``.
+        num_iterations: k-means iterations.
+        max_training_points: training subsample of the fine k-means.
+
+    Example:
+        >>> import torch
+        >>> centers = torch.eye(3, 8) * 4
+        >>> points = torch.cat([centers[i] + torch.randn(n, 8) for i, n in enumerate([200, 60, 20])])
+        >>> estimate = MergedClusterEstimator(num_clusters=3).estimate(
+        ...     torch.nn.functional.normalize(points, dim=1))
+        >>> estimate.labels.shape
+        torch.Size([280])
+    """
+
+    name = "merged-clusters"
+
+    def __init__(
+        self,
+        num_clusters: Union[int, Sequence[int]] = 10,
+        *,
+        over_clustering: int = 10,
+        num_iterations: int = 20,
+        max_training_points: int = 100_000,
+    ) -> None:
+        self.num_clusters = _cluster_counts(num_clusters)
+        self.over_clustering = check_int("over_clustering", over_clustering, minimum=1)
+        self.num_iterations = check_int("num_iterations", num_iterations, minimum=1)
+        self.max_training_points = check_int("max_training_points", max_training_points, minimum=1)
+        self.minimum_samples = 2 * max(self.num_clusters)
+
+    def _estimate(self, points, seed, num_threads, loss):  # type: ignore[no-untyped-def]
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        members = []
+        fine_counts = []
+        for member, groups in enumerate(self.num_clusters):
+            fine = max(groups, min(self.over_clustering * groups, points.shape[0] // 2))
+            assignment, centroids = spherical_kmeans(
+                points,
+                fine,
+                seed=seed + member,
+                num_iterations=self.num_iterations,
+                max_training_points=self.max_training_points,
+                num_threads=num_threads,
+            )
+            used = np.flatnonzero(np.bincount(assignment, minlength=fine))
+            group_of = np.zeros(fine, dtype=np.int64)
+            if used.size > groups:
+                unit = centroids[used] / np.linalg.norm(centroids[used], axis=1, keepdims=True)
+                tree = linkage(unit.astype(np.float64), method="average", metric="cosine")
+                group_of[used] = fcluster(tree, groups, criterion="maxclust") - 1
+            else:
+                group_of[used] = np.arange(used.size)
+            labels = group_of[assignment]
+            members.append((_group_log_frequency(labels), labels))
+            fine_counts.append(float(used.size))
+        sizes = np.bincount(members[0][1])
+        return _ensemble(
+            members,
+            {
+                "num_fine_clusters": fine_counts[0],
+                "num_groups": float((sizes > 0).sum()),
+                "largest_share": float(sizes.max() / points.shape[0]),
+            },
+        )
