@@ -20,15 +20,15 @@ from tase_loss.ood import (
     TailBiasedOODSampler,
     TwoStageConfig,
     TwoStageOOD,
-    cluster_centroids,
     domain_discrimination_loss,
     guided_contrastive_loss,
-    label_targets,
     pseudo_semantic_loss,
     sample_image_patches,
     similarity_distillation_loss,
     train_two_stage,
 )
+from tase_loss.ood.multi_positive import label_targets
+from tase_loss.ood.sampler import cluster_centroids
 from tase_loss.reference import contrastive_rows_reference, contrastive_targets_reference
 
 F64 = torch.float64

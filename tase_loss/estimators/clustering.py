@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -37,7 +37,44 @@ def _group_log_frequency(labels: np.ndarray) -> np.ndarray:
     return np.log(sizes[labels] / labels.size)
 
 
-class ClusterSizeEstimator(FrequencyEstimator):
+class _ClusteringEstimator(FrequencyEstimator):
+    """Shared by the clustering estimators: options, the k-means call, the ensemble loop.
+
+    Subclasses implement :meth:`_groups`: one member's group of every point.
+    """
+
+    def __init__(self, num_clusters: Union[int, Sequence[int]], num_iterations: int, max_training_points: int) -> None:
+        self.num_clusters = _cluster_counts(num_clusters)
+        self.num_iterations = check_int("num_iterations", num_iterations, minimum=1)
+        self.max_training_points = check_int("max_training_points", max_training_points, minimum=1)
+
+    def _kmeans(self, points: np.ndarray, count: int, seed: int, num_threads: Optional[int]) -> tuple:
+        return spherical_kmeans(
+            points,
+            count,
+            seed=seed,
+            num_iterations=self.num_iterations,
+            max_training_points=self.max_training_points,
+            num_threads=num_threads,
+        )
+
+    def _groups(
+        self, points: np.ndarray, groups: int, seed: int, num_threads: Optional[int]
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        raise NotImplementedError
+
+    def _estimate(self, points, seed, num_threads, loss):  # type: ignore[no-untyped-def]
+        members, diagnostics = [], {}
+        for member, groups in enumerate(self.num_clusters):
+            labels, extra = self._groups(points, groups, seed + member, num_threads)
+            members.append((_group_log_frequency(labels), labels))
+            diagnostics = diagnostics or extra  # the first member's
+        sizes = np.bincount(members[0][1])
+        diagnostics.update(num_groups=float((sizes > 0).sum()), largest_share=float(sizes.max() / points.shape[0]))
+        return _ensemble(members, diagnostics)
+
+
+class ClusterSizeEstimator(_ClusteringEstimator):
     """``f_i = n_c(i) / N`` from FAISS spherical k-means (the spec's estimator).
 
     Args:
@@ -64,30 +101,15 @@ class ClusterSizeEstimator(FrequencyEstimator):
         num_iterations: int = 20,
         max_training_points: int = 100_000,
     ) -> None:
-        self.num_clusters = _cluster_counts(num_clusters)
-        self.num_iterations = check_int("num_iterations", num_iterations, minimum=1)
-        self.max_training_points = check_int("max_training_points", max_training_points, minimum=1)
+        super().__init__(num_clusters, num_iterations, max_training_points)
         self.minimum_samples = max(self.num_clusters)
 
-    def _estimate(self, points, seed, num_threads, loss):  # type: ignore[no-untyped-def]
-        members = []
-        for member, count in enumerate(self.num_clusters):
-            labels, _ = spherical_kmeans(
-                points,
-                count,
-                seed=seed + member,
-                num_iterations=self.num_iterations,
-                max_training_points=self.max_training_points,
-                num_threads=num_threads,
-            )
-            members.append((_group_log_frequency(labels), labels))
-        sizes = np.bincount(members[0][1])
-        return _ensemble(
-            members, {"num_groups": float((sizes > 0).sum()), "largest_share": float(sizes.max() / points.shape[0])}
-        )
+    def _groups(self, points, groups, seed, num_threads):  # type: ignore[no-untyped-def]
+        labels, _ = self._kmeans(points, groups, seed, num_threads)
+        return labels, {}
 
 
-class MergedClusterEstimator(FrequencyEstimator):
+class MergedClusterEstimator(_ClusteringEstimator):
     """Over-cluster with k-means, merge centroids into ``C`` groups; ``f_i`` = group share.
 
     k-means with ``k = C`` on long-tailed data makes clusters of similar size. With
@@ -123,44 +145,21 @@ class MergedClusterEstimator(FrequencyEstimator):
         num_iterations: int = 20,
         max_training_points: int = 100_000,
     ) -> None:
-        self.num_clusters = _cluster_counts(num_clusters)
+        super().__init__(num_clusters, num_iterations, max_training_points)
         self.over_clustering = check_int("over_clustering", over_clustering, minimum=1)
-        self.num_iterations = check_int("num_iterations", num_iterations, minimum=1)
-        self.max_training_points = check_int("max_training_points", max_training_points, minimum=1)
         self.minimum_samples = 2 * max(self.num_clusters)
 
-    def _estimate(self, points, seed, num_threads, loss):  # type: ignore[no-untyped-def]
+    def _groups(self, points, groups, seed, num_threads):  # type: ignore[no-untyped-def]
         from scipy.cluster.hierarchy import fcluster, linkage
 
-        members = []
-        fine_counts = []
-        for member, groups in enumerate(self.num_clusters):
-            fine = max(groups, min(self.over_clustering * groups, points.shape[0] // 2))
-            assignment, centroids = spherical_kmeans(
-                points,
-                fine,
-                seed=seed + member,
-                num_iterations=self.num_iterations,
-                max_training_points=self.max_training_points,
-                num_threads=num_threads,
-            )
-            used = np.flatnonzero(np.bincount(assignment, minlength=fine))
-            group_of = np.zeros(fine, dtype=np.int64)
-            if used.size > groups:
-                unit = centroids[used] / np.linalg.norm(centroids[used], axis=1, keepdims=True)
-                tree = linkage(unit.astype(np.float64), method="average", metric="cosine")
-                group_of[used] = fcluster(tree, groups, criterion="maxclust") - 1
-            else:
-                group_of[used] = np.arange(used.size)
-            labels = group_of[assignment]
-            members.append((_group_log_frequency(labels), labels))
-            fine_counts.append(float(used.size))
-        sizes = np.bincount(members[0][1])
-        return _ensemble(
-            members,
-            {
-                "num_fine_clusters": fine_counts[0],
-                "num_groups": float((sizes > 0).sum()),
-                "largest_share": float(sizes.max() / points.shape[0]),
-            },
-        )
+        fine = max(groups, min(self.over_clustering * groups, points.shape[0] // 2))
+        assignment, centroids = self._kmeans(points, fine, seed, num_threads)
+        used = np.flatnonzero(np.bincount(assignment, minlength=fine))
+        group_of = np.zeros(fine, dtype=np.int64)
+        if used.size > groups:
+            unit = centroids[used] / np.linalg.norm(centroids[used], axis=1, keepdims=True)
+            tree = linkage(unit.astype(np.float64), method="average", metric="cosine")
+            group_of[used] = fcluster(tree, groups, criterion="maxclust") - 1
+        else:
+            group_of[used] = np.arange(used.size)
+        return group_of[assignment], {"num_fine_clusters": float(used.size)}

@@ -9,14 +9,10 @@ network.
 """
 
 from tase_loss.ood.domain import DomainHead, domain_discrimination_loss
-from tase_loss.ood.guided import (
-    guided_contrastive_loss,
-    guided_targets,
-    similarity_distillation_loss,
-)
-from tase_loss.ood.multi_positive import label_targets, pseudo_semantic_loss
+from tase_loss.ood.guided import guided_contrastive_loss, similarity_distillation_loss
+from tase_loss.ood.multi_positive import pseudo_semantic_loss
 from tase_loss.ood.recipe import TwoStageConfig, TwoStageOOD, train_two_stage
-from tase_loss.ood.sampler import TailBiasedOODSampler, cluster_centroids
+from tase_loss.ood.sampler import TailBiasedOODSampler
 from tase_loss.ood.sources import sample_image_patches
 
 __all__ = [
@@ -24,11 +20,8 @@ __all__ = [
     "TailBiasedOODSampler",
     "TwoStageConfig",
     "TwoStageOOD",
-    "cluster_centroids",
     "domain_discrimination_loss",
     "guided_contrastive_loss",
-    "guided_targets",
-    "label_targets",
     "pseudo_semantic_loss",
     "sample_image_patches",
     "similarity_distillation_loss",

@@ -35,7 +35,7 @@ from tase_loss.experiments.encoders import ContrastiveModel
 if TYPE_CHECKING:
     from tase_loss.experiments.methods import MethodSettings
 
-__all__ = ["Batch", "Method", "MethodContext", "MixedPrecision", "frozen_copy", "momentum_update"]
+__all__ = ["Batch", "Method", "MethodContext", "MixedPrecision", "faiss_threads", "frozen_copy", "momentum_update"]
 
 
 @dataclass
@@ -152,6 +152,14 @@ class Method(nn.Module):
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (parameter for parameter in self.parameters() if parameter.requires_grad)
+
+
+def faiss_threads() -> int:
+    """The OpenMP threads every estimator of the runner gives FAISS: torch's own count.
+
+    FAISS's own pool next to torch's oversubscribes a small CPU.
+    """
+    return torch.get_num_threads()
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

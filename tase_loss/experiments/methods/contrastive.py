@@ -18,7 +18,7 @@ from tase_loss import (
 )
 from tase_loss.estimators import FrequencyEstimator
 from tase_loss.experiments.encoders import ContrastiveModel
-from tase_loss.experiments.methods.base import Batch, Method, MethodContext, frozen_copy, momentum_update
+from tase_loss.experiments.methods.base import Batch, Method, MethodContext, faiss_threads, frozen_copy, momentum_update
 
 __all__ = [
     "ContrastiveMethod",
@@ -90,8 +90,7 @@ def build_labeler(
         estimate_every=tase.estimate_every,
         momentum=tase.momentum,
         seed=context.seed,
-        # FAISS's own OpenMP pool next to torch's oversubscribes a small CPU.
-        num_threads=torch.get_num_threads(),
+        num_threads=faiss_threads(),
         device=context.device,
     )
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from tase_loss.experiments.encoders import ContrastiveModel
-from tase_loss.experiments.methods.base import Batch, Method, MethodContext
+from tase_loss.experiments.methods.base import Batch, Method, MethodContext, faiss_threads
 from tase_loss.experiments.methods.schedule import required_epochs
 
 __all__ = ["OODGuidedMethod", "digits_ood_patches"]
@@ -84,8 +84,7 @@ class OODGuidedMethod(Method):
         # Kept out of the module tree: the loop owns the encoder's parameters and state.
         self.__dict__["_network"] = _Projections(model)
         self.__dict__["recipe"] = TwoStageOOD(ood, context.num_samples, model.projection_dim, context.augment, config)
-        # As in Method: FAISS's own OpenMP pool next to torch's oversubscribes a small CPU.
-        self.recipe.pseudo_labeler.num_threads = torch.get_num_threads()
+        self.recipe.pseudo_labeler.num_threads = faiss_threads()
 
     def training_step(
         self, batch: Batch, model: ContrastiveModel, optimizer: torch.optim.Optimizer

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from tase_loss import FrequencyWeights, KNNDensityEstimator, PseudoLabeler, RwSAM, SampleReweighter, rwsam_step
 from tase_loss.experiments.encoders import ContrastiveModel
-from tase_loss.experiments.methods.base import Batch, MethodContext
+from tase_loss.experiments.methods.base import Batch, MethodContext, faiss_threads
 from tase_loss.experiments.methods.contrastive import ContrastiveMethod
 
 __all__ = ["RwSAMMethod", "RwSAMSettings"]
@@ -62,7 +62,7 @@ class RwSAMMethod(ContrastiveMethod):
             KNNDensityEstimator(kernel="exponential", bandwidth=settings.bandwidth, smoothing_rounds=0),
             warmup_epochs=context.settings.tase.warmup_epochs,
             momentum=0.0,
-            num_threads=torch.get_num_threads(),
+            num_threads=faiss_threads(),
             device=context.device,
         )
         self.weights = FrequencyWeights(self.density, SampleReweighter(settings.alpha, settings.max_weight))
