@@ -411,7 +411,7 @@ def test_sampler_from_pseudo_labeler_uses_the_bank_split():
     id_labels = labeler.labels[: len(id_features)]
     tail_label = int(id_labels[-1])
     assert bool((sampler.assignment[ood_cluster == 2] == tail_label).float().mean() > 0.9)
-    with pytest.raises(ValueError, match="num_id must lie"):
+    with pytest.raises(ValueError, match="num_id must be an integer >= 1 and <= 547"):
         TailBiasedOODSampler.from_pseudo_labeler(labeler, len(id_features) + 300, 10)
 
 

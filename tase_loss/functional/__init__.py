@@ -11,7 +11,13 @@ With one temperature and unit weights, :func:`nt_xent_loss` is NT-Xent (SimCLR).
 
 from tase_loss.functional.contrastive import moco_loss, moco_loss_and_all_keys, nt_xent_loss, nt_xent_target_loss
 from tase_loss.functional.cosine import byol_loss, simsiam_loss
-from tase_loss.functional.rows import CHUNKED_ABOVE, contrastive_rows, contrastive_targets, weighted_reduce
+from tase_loss.functional.rows import (
+    CHUNKED_ABOVE,
+    contrastive_rows,
+    contrastive_targets,
+    reduce_per_sample,
+    weighted_reduce,
+)
 
 __all__ = [
     "CHUNKED_ABOVE",
@@ -22,6 +28,7 @@ __all__ = [
     "moco_loss_and_all_keys",
     "nt_xent_loss",
     "nt_xent_target_loss",
+    "reduce_per_sample",
     "simsiam_loss",
     "weighted_reduce",
 ]

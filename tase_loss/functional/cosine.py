@@ -7,8 +7,8 @@ from typing import Optional
 from torch import Tensor
 
 from tase_loss._numerics import accumulation_dtype, unit_rows
-from tase_loss._validation import check_embeddings, check_reduction, check_same_shape, check_weight
-from tase_loss.functional.rows import weighted_reduce
+from tase_loss._validation import check_embeddings, check_same_shape
+from tase_loss.functional.rows import reduce_per_sample
 
 __all__ = ["byol_loss", "simsiam_loss"]
 
@@ -20,18 +20,6 @@ def _cosine_per_sample(prediction: Tensor, target: Tensor) -> Tensor:
     # Stop-gradient on the target, as BYOL and SimSiam prescribe.
     dtype = accumulation_dtype(prediction.dtype)
     return (unit_rows(prediction, dtype) * unit_rows(target.detach(), dtype)).sum(dim=1)
-
-
-def _reduce_regression(
-    per_sample: Tensor, weight: Optional[Tensor], reduction: str, across_ranks: bool
-) -> Tensor:
-    check_reduction(reduction)
-    if weight is None:
-        return weighted_reduce(per_sample, None, reduction, across_ranks)
-    local_reduction = "none" if across_ranks else reduction  # see _check_common
-    check_weight(weight, per_sample.shape[0], per_sample.device, local_reduction)
-    weight = weight.to(per_sample.dtype)
-    return weighted_reduce(weight * per_sample, weight, reduction, across_ranks)
 
 
 def byol_loss(
@@ -62,7 +50,7 @@ def byol_loss(
         >>> float(byol_loss(p, p)) < 1e-6
         True
     """
-    return _reduce_regression(
+    return reduce_per_sample(
         2.0 - 2.0 * _cosine_per_sample(prediction, target), weight, reduction, gather_distributed
     )
 
@@ -93,6 +81,6 @@ def simsiam_loss(
         >>> round(float(simsiam_loss(p, p)), 4)
         -1.0
     """
-    return _reduce_regression(
+    return reduce_per_sample(
         -_cosine_per_sample(prediction, target), weight, reduction, gather_distributed
     )

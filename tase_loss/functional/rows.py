@@ -17,7 +17,7 @@ from tase_loss.reference import (
     contrastive_targets_reference,
 )
 
-__all__ = ["CHUNKED_ABOVE", "contrastive_rows", "contrastive_targets", "weighted_reduce"]
+__all__ = ["CHUNKED_ABOVE", "contrastive_rows", "contrastive_targets", "reduce_per_sample", "weighted_reduce"]
 
 
 CHUNKED_ABOVE = 1 << 26
@@ -145,3 +145,25 @@ def _check_common(
         # all-reduce); one rank's weights may all be zero.
         local_reduction = "none" if gather_distributed else reduction
         check_weight(weight, like.shape[0], like.device, local_reduction)
+
+
+def reduce_per_sample(
+    per_sample: Tensor, weight: Optional[Tensor], reduction: str, across_ranks: bool = False
+) -> Tensor:
+    """Validate ``weight`` and ``reduction``, weight the ``(B,)`` losses and reduce them.
+
+    The entry for losses that come per sample without weights (BYOL, SimSiam, the
+    domain loss); :func:`weighted_reduce` is the step after it.
+
+    Example:
+        >>> import torch
+        >>> reduce_per_sample(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 3.0]), "mean")
+        tensor(2.5000)
+    """
+    check_reduction(reduction)
+    if weight is None:
+        return weighted_reduce(per_sample, None, reduction, across_ranks)
+    # Across ranks only the global weight sum must be positive (weighted_reduce checks it).
+    check_weight(weight, per_sample.shape[0], per_sample.device, "none" if across_ranks else reduction)
+    weight = weight.to(per_sample.dtype)
+    return weighted_reduce(weight * per_sample, weight, reduction, across_ranks)

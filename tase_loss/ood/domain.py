@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tase_loss._validation import check_embeddings, check_reduction, check_weight
-from tase_loss.functional import weighted_reduce
+from tase_loss._numerics import accumulation_dtype
+from tase_loss._validation import check_embeddings, check_int
+from tase_loss.functional import reduce_per_sample
 
 __all__ = ["DomainHead", "domain_discrimination_loss"]
 
@@ -43,9 +44,8 @@ class DomainHead(nn.Module):
 
     def __init__(self, feature_dim: int, hidden_dim: int = 64) -> None:
         super().__init__()
-        for name, value in (("feature_dim", feature_dim), ("hidden_dim", hidden_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int("feature_dim", feature_dim, minimum=1)
+        check_int("hidden_dim", hidden_dim, minimum=1)
         self.layers = nn.Sequential(
             nn.Linear(feature_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1)
         )
@@ -94,13 +94,6 @@ def domain_discrimination_loss(
         )
     if is_ood.device != logits.device:
         raise ValueError(f"is_ood is on {is_ood.device} but logits is on {logits.device}")
-    check_reduction(reduction)
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    per_sample = F.binary_cross_entropy_with_logits(
-        logits.to(dtype), is_ood.to(dtype), reduction="none"
-    )
-    if weight is None:
-        return weighted_reduce(per_sample, None, reduction)
-    check_weight(weight, logits.shape[0], logits.device, reduction)
-    weight = weight.to(dtype)
-    return weighted_reduce(weight * per_sample, weight, reduction)
+    dtype = accumulation_dtype(logits.dtype)
+    per_sample = F.binary_cross_entropy_with_logits(logits.to(dtype), is_ood.to(dtype), reduction="none")
+    return reduce_per_sample(per_sample, weight, reduction)

@@ -21,7 +21,6 @@ the schedule and every formula here are our design (``docs/ood.md``).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
@@ -29,7 +28,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from tase_loss._validation import TemperatureLike
+from tase_loss._validation import TemperatureLike, check_int, check_real
 from tase_loss.estimators import ClusterSizeEstimator
 from tase_loss.guidance import Guidance
 from tase_loss.ood.domain import DomainHead, domain_discrimination_loss
@@ -103,17 +102,14 @@ class TwoStageConfig:
             "num_neighbors": (self.num_neighbors, 0),
         }
         for name, (value, minimum) in counts.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+            check_int(name, value, minimum=minimum)
         if self.warmup_epochs > self.stage1_epochs:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must not exceed stage1_epochs "
                 f"({self.stage1_epochs}): stage 1 needs at least one clustering"
             )
         for name in ("domain_weight", "distillation_weight", "tail_power", "repulsion_power"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
-                raise ValueError(f"{name} must be a finite value >= 0, got {value!r}")
+            check_real(name, getattr(self, name), 0.0)
 
 
 class TwoStageOOD:
@@ -162,8 +158,7 @@ class TwoStageOOD:
         config = TwoStageConfig() if config is None else config
         if not isinstance(ood_data, Tensor) or ood_data.dim() < 2 or ood_data.shape[0] < 1:
             raise ValueError("ood_data must be a tensor of shape (N_ood, ...) with N_ood >= 1")
-        if isinstance(num_id, bool) or not isinstance(num_id, int) or num_id < 2:
-            raise ValueError(f"num_id must be an integer >= 2, got {num_id!r}")
+        check_int("num_id", num_id, minimum=2)
         if not callable(augment):
             raise TypeError(f"augment must be callable, got {type(augment).__name__}")
         self.config = config
@@ -416,8 +411,7 @@ def train_two_stage(
         ``{"epoch", "stage", "loss"}`` record per epoch.
     """
     config = TwoStageConfig() if config is None else config
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-        raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
+    check_int("batch_size", batch_size, minimum=2)
     if id_data.shape[0] < batch_size:
         raise ValueError(
             f"id_data holds {id_data.shape[0]} samples, fewer than batch_size={batch_size}"

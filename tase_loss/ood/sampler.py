@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from tase_loss._validation import check_embeddings, check_labels
+from tase_loss._validation import check_embeddings, check_int, check_labels, check_real
 from tase_loss.pseudo_labeler import NotFittedError, PseudoLabeler
 
 __all__ = ["TailBiasedOODSampler", "cluster_centroids"]
@@ -115,22 +115,14 @@ class TailBiasedOODSampler(Sampler[int]):
         check_labels("id_labels", id_labels, id_features.shape[0], id_features.device)
         if not bool((id_labels >= 0).any()):
             raise ValueError("id_labels holds no pseudo-label (all -1): cluster the ID data first")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        check_int("num_samples", num_samples, minimum=1)
         if not replacement and num_samples > ood_features.shape[0]:
             raise ValueError(
                 f"num_samples={num_samples} exceeds the {ood_features.shape[0]} OOD samples;"
                 " pass replacement=True to draw with replacement"
             )
-        if not (isinstance(tail_power, (int, float)) and 0 <= tail_power < float("inf")):
-            raise ValueError(f"tail_power must be a finite value >= 0, got {tail_power!r}")
-        if not (
-            isinstance(proximity_temperature, (int, float))
-            and 0 < proximity_temperature < float("inf")
-        ):
-            raise ValueError(
-                f"proximity_temperature must be a finite value > 0, got {proximity_temperature!r}"
-            )
+        check_real("tail_power", tail_power, 0.0)
+        check_real("proximity_temperature", proximity_temperature, 0.0, exclusive_minimum=True)
         self.num_samples = num_samples
         self.replacement = bool(replacement)
         self.seed = int(seed)
@@ -161,12 +153,7 @@ class TailBiasedOODSampler(Sampler[int]):
         """
         if not pseudo_labeler.is_fitted:
             raise NotFittedError("the pseudo-labeler has not clustered yet")
-        if isinstance(num_id, bool) or not isinstance(num_id, int) or not (
-            0 < num_id < pseudo_labeler.num_samples
-        ):
-            raise ValueError(
-                f"num_id must lie in [1, {pseudo_labeler.num_samples - 1}], got {num_id!r}"
-            )
+        check_int("num_id", num_id, 1, pseudo_labeler.num_samples - 1)
         bank = pseudo_labeler.bank.rows(torch.arange(pseudo_labeler.num_samples))
         return cls(
             bank[:num_id],

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tase_loss._validation import check_int
+
 __all__ = ["sample_image_patches"]
 
 MIN_CONTRAST = 16.0
@@ -41,8 +43,7 @@ def sample_image_patches(num_patches: int, seed: int = 0) -> Tensor:
         >>> tuple(patches.shape), float(patches.min()), float(patches.max())
         ((5, 64), 0.0, 16.0)
     """
-    if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 1:
-        raise ValueError(f"num_patches must be a positive integer, got {num_patches!r}")
+    check_int("num_patches", num_patches, minimum=1)
     try:
         from sklearn.datasets import load_sample_images
     except ImportError as error:  # pragma: no cover - exercised only without scikit-learn
