@@ -65,7 +65,7 @@ def main() -> None:
     temperature_map = TemperatureMap()
     rows = []
     for path in arguments.checkpoints:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model(arguments.encoder, data.x_train.shape[1])
         model.load_state_dict(state["model"])
         features = torch.from_numpy(extract_features(model.backbone, data.x_train, torch.device("cpu")))

@@ -54,7 +54,7 @@ def ranks(request, tmp_path_factory):
         nprocs=world_size,
         join=True,
     )
-    return world_size, [torch.load(output_dir / f"rank{rank}.pt") for rank in range(world_size)]
+    return world_size, [torch.load(output_dir / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]
 
 
 # ---------------------------------------------------------------- single-process replays

@@ -351,7 +351,7 @@ def test_state_dict_round_trip_resumes_identically(base, tmp_path):
     for batch in batches[2:]:
         _library_step(model, optimizer, criterion, *batch)
 
-    checkpoint = torch.load(path)
+    checkpoint = torch.load(path, weights_only=True)
     resumed = _tiny_mlp(seed=99)
     resumed.load_state_dict(checkpoint["model"])
     resumed_optimizer = RwSAM(resumed.parameters(), base, rho=0.01, **kwargs)
