@@ -1,7 +1,7 @@
 """The one place that imports ``faiss`` (lazily): k-means, nearest neighbours, threads.
 
-Every estimator and the OOD sampler go through these three functions, so the FAISS
-options (spherical k-means, training subsample, exact or inverted-file search) are
+Every estimator and the OOD sampler go through these functions, so the FAISS
+options (spherical k-means, training subsample, exact search against a database) are
 chosen in one place.
 """
 
@@ -14,11 +14,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-# Above this many points the neighbour search is approximate (an inverted file scanning
-# NPROBE of its lists): exact search costs N^2 D and would take minutes at 10^6 points.
-EXACT_SEARCH_LIMIT = 20_000
-NPROBE = 16
-
 
 def import_faiss(purpose: str) -> Any:
     """Import faiss, or fail with an install hint that says what needed it."""
@@ -26,8 +21,7 @@ def import_faiss(purpose: str) -> Any:
         import faiss
     except ImportError as error:  # pragma: no cover - exercised only without faiss
         raise ImportError(
-            f"{purpose} need(s) FAISS: install it with `pip install faiss-cpu` "
-            "(or faiss-gpu on a CUDA machine)"
+            f"{purpose} need(s) FAISS: install it with `pip install faiss-cpu` (or faiss-gpu on a CUDA machine)"
         ) from error
     return faiss
 
@@ -91,49 +85,45 @@ def spherical_kmeans(
 
 
 def nearest_neighbors(
-    points: np.ndarray, num_neighbors: int, *, seed: int = 0, num_threads: Optional[int] = None
+    queries: np.ndarray,
+    num_neighbors: int,
+    *,
+    database: Optional[np.ndarray] = None,
+    database_index: Optional[np.ndarray] = None,
+    num_threads: Optional[int] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``num_neighbors`` most similar other rows (inner product).
+    """Each query's ``num_neighbors`` most similar database rows (exact inner product).
 
-    Exact (``IndexFlatIP``) up to :data:`EXACT_SEARCH_LIMIT` points, an inverted file
-    (``IndexIVFFlat``, ``4 sqrt(N)`` lists, :data:`NPROBE` probed) above it.
+    One ``IndexFlatIP`` search (a BLAS GEMM per block of queries): ``N_q x N_db x D``
+    work, so callers bound ``N_db`` (the kNN-density estimator searches a reference
+    subsample for large ``N``).
 
     Args:
-        points: ``(N, D)`` float32, C-contiguous.
-        num_neighbors: ``k < N``.
-        seed: seed of the inverted file's coarse k-means.
+        queries: ``(N, D)`` float32, C-contiguous.
+        num_neighbors: ``k < N_db``.
+        database: ``(N_db, D)`` float32 rows searched; default ``queries`` itself.
+        database_index: ``(N_db,)`` the query row each database row is (``database =
+            queries[database_index]``), so that no query lists itself; default
+            ``arange(N_db)``.
         num_threads: OpenMP threads.
 
     Returns:
-        ``(similarity, index)``, both ``(N, k)``, most similar first; a row never lists
-        itself (duplicates of it may appear).
+        ``(similarity, index)``, both ``(N, k)``, most similar first, ``index`` into the
+        queries' numbering; a query never lists itself (duplicates of it may appear).
     """
-    count, dim = points.shape
+    database = queries if database is None else database
+    database_index = np.arange(database.shape[0]) if database_index is None else database_index
     with faiss_threads(num_threads) as faiss:
-        if count <= EXACT_SEARCH_LIMIT:
-            index = faiss.IndexFlatIP(dim)
-        else:
-            lists = int(4 * math.sqrt(count))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = seed
-            index.cp.max_points_per_centroid = 64
-            index.train(points)
-            index.nprobe = NPROBE
-        index.add(points)
-        similarity, found = index.search(points, num_neighbors + 1)
-    return _drop_self(similarity, found, num_neighbors)
+        index = faiss.IndexFlatIP(database.shape[1])
+        index.add(database)
+        similarity, found = index.search(queries, num_neighbors + 1)
+    return _drop_self(similarity, database_index[found], num_neighbors)
 
 
 def _drop_self(similarity: np.ndarray, found: np.ndarray, num_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each row's own index (wherever ties put it) and keep ``num_neighbors``.
-
-    An inverted-file search may return ``-1`` (fewer than ``k + 1`` found); those slots
-    sort last and are kept only if nothing else is left.
-    """
+    """Remove each row's own index (wherever ties put it) and keep ``num_neighbors``."""
     rows = np.arange(found.shape[0])[:, None]
-    is_self = found == rows
-    missing = found < 0
-    order = np.argsort((is_self | missing).astype(np.int8), axis=1, kind="stable")
+    order = np.argsort((found == rows).astype(np.int8), axis=1, kind="stable")
     found = np.take_along_axis(found, order, axis=1)[:, :num_neighbors]
     similarity = np.take_along_axis(similarity, order, axis=1)[:, :num_neighbors]
     return similarity, found
