@@ -146,11 +146,16 @@ def time_providers(
     seed: int = 0,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    warm_up: bool = True,
+    repeat: int = 1,
 ) -> dict[str, list[float]]:
-    """Seconds per forward + backward, one sample per provider per round (interleaved)."""
+    """Seconds per forward + backward, one sample per provider per round (interleaved).
+
+    A sample is the mean of ``repeat`` back-to-back calls (for calls too short to time alone).
+    """
     steps = {name: make_step(name, rows, dim, device=device, dtype=dtype) for name in providers}
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for step in steps.values():
+    for step in steps.values() if warm_up else ():
         step()  # warm-up: allocator, BLAS and thread pools
     synchronize()
     order = random.Random(seed)
@@ -160,9 +165,10 @@ def time_providers(
         order.shuffle(names)
         for name in names:
             start = time.perf_counter()
-            steps[name]()
+            for _ in range(repeat):
+                steps[name]()
             synchronize()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append((time.perf_counter() - start) / repeat)
     return samples
 
 
@@ -213,6 +219,60 @@ def ratio_summary(samples: dict[str, list[float]], numerator: str, denominator: 
     """Median and range over rounds of the within-round time ratio."""
     ratios = [a / b for a, b in zip(samples[numerator], samples[denominator])]
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+SWEEP_PROVIDERS = ("fused", "chunked", "reference", "plain")
+
+
+def sweep(
+    sizes: list[int], dim: int, rounds: int, materialized_up_to: int = 16384, seconds_per_size: float = 60.0
+) -> dict:
+    """Forward + backward time of every path at each ``M``, and which one the dispatch takes.
+
+    Each size gets ``rounds`` interleaved rounds, fewer when one round would exceed
+    ``seconds_per_size`` (one round, no warm-up, at the largest sizes). The materialized
+    paths (``reference``, ``plain``) are not timed above ``materialized_up_to``: at
+    ``M = 65536`` one ``M x M`` float32 buffer is 17 GB. ``dispatch`` names the path
+    :func:`tase_loss.functional.contrastive_rows` takes at that size with the extension
+    built, ``dispatch_without_extension`` the one it takes without.
+    """
+    from tase_loss.functional.rows import CHUNKED_ABOVE
+
+    has_fused = is_applicable(*_probe("cpu"))
+    table = []
+    for size in sizes:
+        providers = tuple(
+            name
+            for name in SWEEP_PROVIDERS
+            if (name != "fused" or has_fused) and (name in ("fused", "chunked") or size <= materialized_up_to)
+        )
+        small = size <= materialized_up_to
+        probe = time_providers(size, dim, 1, providers, warm_up=small)
+        round_seconds = sum(values[0] for values in probe.values())
+        repeat = max(1, int(0.02 / min(values[0] for values in probe.values())))
+        size_rounds = max(1, min(rounds, int(seconds_per_size / (round_seconds * repeat))))
+        samples = time_providers(size, dim, size_rounds, providers, warm_up=small, repeat=repeat)
+        medians = {name: statistics.median(values) for name, values in samples.items()}
+        row = {
+            "rows": size,
+            "rounds": size_rounds,
+            "calls_per_sample": repeat,
+            "seconds_median": medians,
+            "best": min(medians, key=medians.get),
+            "dispatch": "fused" if has_fused else None,
+            "dispatch_without_extension": "chunked" if size * size > CHUNKED_ABOVE else "reference",
+        }
+        if "plain" in samples:
+            row["over_plain"] = {name: ratio_summary(samples, name, "plain") for name in samples if name != "plain"}
+        if "reference" in samples:
+            row["chunked_over_reference"] = ratio_summary(samples, "chunked", "reference")
+        if has_fused:
+            others = [name for name in samples if name != "fused"]
+            best_other = min(others, key=medians.get)
+            row["fused_over_best_other"] = {"other": best_other, **ratio_summary(samples, "fused", best_other)}
+        table.append(row)
+        print(json.dumps(row), flush=True)
+    return {"dim": dim, "device": f"cpu, {torch.get_num_threads()} threads", "sweep": table}
 
 
 def peak_memory(provider: str, rows: int, dim: int, limit_gb: float) -> dict:
@@ -341,18 +401,25 @@ def main() -> None:
     parser.add_argument(
         "--moco-queue", type=int, default=65536, help="queue of the MoCo timing (B = 256); 0 skips"
     )
+    parser.add_argument(
+        "--sweep", type=int, nargs="*", help="time every path at these M instead (dispatch check)"
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     arguments = parser.parse_args()
-    report = run(
-        arguments.rows,
-        arguments.dim,
-        arguments.rounds,
-        arguments.memory_rows,
-        arguments.limit_gb,
-        arguments.device,
-        getattr(torch, arguments.dtype),
-        arguments.moco_queue,
-    )
+    if arguments.sweep:
+        torch.set_num_threads(2)
+        report = sweep(arguments.sweep, arguments.dim, arguments.rounds)
+    else:
+        report = run(
+            arguments.rows,
+            arguments.dim,
+            arguments.rounds,
+            arguments.memory_rows,
+            arguments.limit_gb,
+            arguments.device,
+            getattr(torch, arguments.dtype),
+            arguments.moco_queue,
+        )
     text = json.dumps(report, indent=2)
     print(text)
     if arguments.json:

@@ -243,7 +243,8 @@ def test_dispatch_uses_the_fused_op(monkeypatch):
         raise AssertionError("reference path used although the extension is applicable")
 
     monkeypatch.setattr(dispatch, "contrastive_rows_reference", fail)
-    dispatch.contrastive_rows(*case)
+    monkeypatch.setattr(dispatch, "FUSED_ABOVE_ON_CPU", 63)
+    dispatch.contrastive_rows(*case)  # 8 x 8 = 64 logits > 63
 
 
 _LOSSES_SCRIPT = r"""

@@ -133,13 +133,17 @@ def test_dispatch_order_fused_then_chunked_then_materialized(monkeypatch):
     monkeypatch.setattr(dispatch, "contrastive_rows_reference", spy("materialized", contrastive_rows_reference))
     case = tuple(t.detach() if t.is_floating_point() else t for t in _case(8, 8, 4))
     monkeypatch.setattr(dispatch, "is_applicable", lambda q, k: True)
-    dispatch.contrastive_rows(*case)
+    monkeypatch.setattr(dispatch, "FUSED_ABOVE_ON_CPU", 63)
+    dispatch.contrastive_rows(*case)  # the op: 64 logits > 63
+    monkeypatch.setattr(dispatch, "FUSED_ABOVE_ON_CPU", 64)
+    monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 64)
+    dispatch.contrastive_rows(*case)  # too small for the op on the CPU: materialized
     monkeypatch.setattr(dispatch, "is_applicable", lambda q, k: False)
     monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 63)
     dispatch.contrastive_rows(*case)  # 8 x 8 = 64 logits > 63
     monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 64)
     dispatch.contrastive_rows(*case)
-    assert called == ["fused", "chunked", "materialized"]
+    assert called == ["fused", "materialized", "chunked", "materialized"]
 
 
 def test_nt_xent_through_the_chunked_path_equals_the_materialized(monkeypatch):

@@ -13,6 +13,7 @@ from tase_loss.functional.contrastive import moco_loss, moco_loss_and_all_keys, 
 from tase_loss.functional.cosine import byol_loss, simsiam_loss
 from tase_loss.functional.rows import (
     CHUNKED_ABOVE,
+    FUSED_ABOVE_ON_CPU,
     contrastive_rows,
     contrastive_targets,
     reduce_per_sample,
@@ -21,6 +22,7 @@ from tase_loss.functional.rows import (
 
 __all__ = [
     "CHUNKED_ABOVE",
+    "FUSED_ABOVE_ON_CPU",
     "byol_loss",
     "contrastive_rows",
     "contrastive_targets",

@@ -17,12 +17,25 @@ from tase_loss.reference import (
     contrastive_targets_reference,
 )
 
-__all__ = ["CHUNKED_ABOVE", "contrastive_rows", "contrastive_targets", "reduce_per_sample", "weighted_reduce"]
+__all__ = [
+    "CHUNKED_ABOVE",
+    "FUSED_ABOVE_ON_CPU",
+    "contrastive_rows",
+    "contrastive_targets",
+    "reduce_per_sample",
+    "weighted_reduce",
+]
 
 
-CHUNKED_ABOVE = 1 << 26
-"""Logits (``M * N``) above which the pure-PyTorch path runs in row blocks (256 MiB of
-float32 logits; measured in benchmarks/README.md)."""
+CHUNKED_ABOVE = 1 << 22
+"""Logits (``M * N``) above which the pure-PyTorch path runs in row blocks: from there the
+chunked rows are also the faster ones (2 CPU cores: 0.6x the materialized time at
+M = N = 4096 with a mean, 0.84x without; equal at 2048; benchmarks/README.md)."""
+
+FUSED_ABOVE_ON_CPU = 1 << 18
+"""Logits above which the compiled op runs on the CPU; below, its fixed costs lose to the
+materialized rows (1.4x their time at M = N = 128, equal at 512; benchmarks/README.md).
+Other devices use the op at every size (not measured yet)."""
 
 
 def contrastive_rows(
@@ -42,7 +55,8 @@ def contrastive_rows(
     picks a path, in this order:
 
     1. the fused op (:mod:`tase_loss.ops`; tiles, never the ``(M, N)`` matrix) when the
-       extension is built and has a kernel for the device;
+       extension is built and has a kernel for the device, on the CPU only above
+       :data:`FUSED_ABOVE_ON_CPU` logits ``M * N``;
     2. the chunked pure-PyTorch rows (:func:`tase_loss.reference.contrastive_rows_chunked`,
        memory linear in ``M + N``) when ``M * N`` exceeds :data:`CHUNKED_ABOVE`;
     3. the materialized pure-PyTorch rows otherwise.
@@ -51,9 +65,10 @@ def contrastive_rows(
     enter a sum or mean (see :func:`tase_loss.ops.contrastive_rows_fused`).
     """
     arguments = (queries, keys, positive_index, self_index, inverse_temperature, weight)
-    if is_applicable(queries, keys):
+    logits = queries.shape[0] * keys.shape[0]
+    if is_applicable(queries, keys) and (queries.device.type != "cpu" or logits > FUSED_ABOVE_ON_CPU):
         return contrastive_rows_fused(*arguments, uniform_grad=uniform_grad)
-    if queries.shape[0] * keys.shape[0] > CHUNKED_ABOVE:
+    if logits > CHUNKED_ABOVE:
         return contrastive_rows_chunked(*arguments, uniform_grad=uniform_grad)
     return contrastive_rows_reference(*arguments)
 
