@@ -370,6 +370,33 @@ def test_oracle_method_uses_true_class_frequencies():
         build_method("tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings), model)
 
 
+def test_input_density_method_estimates_once_from_the_raw_images():
+    from tase_loss import KNNDensityEstimator
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 1, 8, 8, generator=generator)
+    head = base + 0.02 * torch.randn(50, 1, 8, 8, generator=generator)  # 50 near-copies of one image
+    tail = torch.rand(10, 1, 8, 8, generator=generator)  # 10 unrelated images
+    images = torch.cat([head, tail]).numpy()
+    model = build_model("digits-cnn", 1, projection_dim=16)
+    settings = _settings(warmup_epochs=2)
+    context = MethodContext(60, 3, torch.device("cpu"), settings, train_images=images)
+    method = build_method("tase-input", context, model)
+    assert method.on_epoch_end(0) == {} and method.sample_statistics() == {}
+    assert method.on_epoch_end(1) == {"estimated": 1.0}
+    assert method.on_epoch_end(2) == {}  # fixed: never re-estimated
+    frequency = method.sample_statistics()["frequency"]
+    unit = torch.nn.functional.normalize(torch.from_numpy(images).reshape(60, -1), dim=1)
+    expected = KNNDensityEstimator().estimate(unit, seed=3).log_frequency.exp()
+    np.testing.assert_allclose(frequency, expected.numpy(), rtol=1e-6)
+    assert frequency[:50].mean() > 10 * frequency[50:].mean()
+    with pytest.raises(ValueError, match="training images"):
+        build_method("tase-input", MethodContext(60, 0, torch.device("cpu"), settings), model)
+    losses = MethodContext(60, 0, torch.device("cpu"), _settings(estimator="momentum-loss"), train_images=images)
+    with pytest.raises(ValueError, match="estimator of features"):
+        build_method("tase-input", losses, model)
+
+
 def _part(method, accuracies, seeds=None):
     dataset = {"name": "toy", "class_counts": [2, 1, 1]}
     runs = [

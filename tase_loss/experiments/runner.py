@@ -152,6 +152,7 @@ def run_single(
         epochs=config.training.epochs,
         image_shape=tuple(data.x_train.shape[1:]),
         augment=augment,
+        train_images=data.x_train,
     )
     method = build_method(method_name, context, model)
     if config.compile:

@@ -18,6 +18,7 @@ from tase_loss.experiments.encoders import ContrastiveModel
 from tase_loss.experiments.methods.base import Batch, Method, MethodContext, MixedPrecision
 from tase_loss.experiments.methods.contrastive import (
     ContrastiveMethod,
+    InputDensityContrastiveMethod,
     MoCoSettings,
     OracleContrastiveMethod,
     TASESettings,
@@ -75,6 +76,10 @@ METHODS: dict[str, MethodEntry] = {
     ),
     "tase-oracle": MethodEntry(
         OracleContrastiveMethod, "TASE with the true class frequencies (upper bound; reads labels)"
+    ),
+    "tase-input": MethodEntry(
+        InputDensityContrastiveMethod,
+        "TASE with one label-free estimate from the raw training images, fixed after the warm-up",
     ),
     "moco": MethodEntry(
         lambda context, model: ContrastiveMethod(context, model, None, moco=True),

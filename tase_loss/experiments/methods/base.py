@@ -61,6 +61,8 @@ class MethodContext:
         epochs: the run's total epochs (schedules and stage splits read it).
         image_shape: ``(C, H, W)`` of the training images (sizes extra inputs, OOD data).
         augment: the run's augmentation, one view per image (methods that augment extra data).
+        train_images: ``(N, C, H, W)`` un-augmented training images as the runner loaded
+            them (label-free methods that estimate from the inputs read them).
     """
 
     num_samples: int
@@ -72,6 +74,7 @@ class MethodContext:
     epochs: Optional[int] = None
     image_shape: Optional[tuple[int, int, int]] = None
     augment: Optional[nn.Module] = None
+    train_images: Optional[np.ndarray] = None
 
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
