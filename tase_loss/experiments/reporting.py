@@ -14,6 +14,7 @@ __all__ = ["format_table", "plot_results", "write_json"]
 
 COLUMNS = (("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("all", "All"), ("std", "Std"), ("knn", "kNN"))
 GROUP_COLORS = {"many": "#d9e8f5", "medium": "#eeeeee", "few": "#f8e0d0"}
+TITLE_PAD = 16  # room for the Many / Medium / Few labels above each panel
 
 
 def _cells(metrics: dict[str, dict[str, float]], signed: bool) -> list[str]:
@@ -125,7 +126,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
             x, 100 * mean[order], yerr=100 * spread[order], marker="o", capsize=3, label=method, color=colors[method]
         )
     accuracy.set_ylabel("linear-probe accuracy (%)")
-    accuracy.set_title("per-class accuracy (mean ± std over seeds)")
+    accuracy.set_title("per-class accuracy (mean ± std over seeds)", pad=TITLE_PAD)
     accuracy.legend(fontsize=8)
 
     baseline = {
@@ -152,7 +153,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
             drawn = True
     difference.axhline(0.0, color="black", linewidth=0.8)
     difference.set_ylabel("accuracy - NT-Xent, same seed (points)")
-    difference.set_title("paired difference to NT-Xent per class")
+    difference.set_title("paired difference to NT-Xent per class", pad=TITLE_PAD)
     if drawn:
         difference.legend(fontsize=8)
     else:
@@ -175,7 +176,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
         if neutral is not None:
             axis.axhline(neutral, color="black", linewidth=0.8)
         axis.set_ylabel(label)
-        axis.set_title(f"{label} per true class (end of training, first seed)")
+        axis.set_title(f"{label} per true class (end of training, first seed)", pad=TITLE_PAD)
         if drawn:
             axis.legend(fontsize=8)
         else:
