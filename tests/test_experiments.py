@@ -419,6 +419,21 @@ def test_merge_results_resummarizes_and_refuses_partial():
         merge_results([_part("ntxent", [0.5]), {**_part("tase", [0.6]), "dataset": {"name": "other"}}])
 
 
+def test_merge_results_extends_an_earlier_merge_one_entry_per_job():
+    from tase_loss.experiments.runner import merge_results
+
+    first = merge_results([{**_part("ntxent", [0.5]), "command": "a"}, {**_part("tase", [0.6]), "command": "b"}])
+    later = {**_part("ntxent", [0.7], seeds=[1]), "command": "c", "wall_seconds": 3.0}
+    merged = merge_results([first, later])
+    assert merged["commands"] == ["a", "b", "c"]
+    assert merged["wall_seconds"] == [None, None, 3.0]
+    assert merged["config"] == [{}, {}, {}]
+    assert merged["summary"]["ntxent"]["all"]["n"] == 2
+    assert merged["summary"]["ntxent"]["all"]["mean"] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="'ntxent' seed 0 appears twice"):
+        merge_results([first, _part("ntxent", [0.9])])
+
+
 def test_paired_differences_match_seed_by_seed():
     from tase_loss.experiments.runner import paired_differences
 

@@ -309,8 +309,12 @@ def run_experiment(
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine results of the same dataset run as separate jobs (e.g. one per method).
 
+    A part may itself be a merge (seeds added to a committed table later): its
+    configs, commands and wall times are carried over one per job.
+
     Raises:
-        ValueError: if the parts differ in dataset or a part is unfinished.
+        ValueError: if the parts differ in dataset, a part is unfinished, or two
+            parts hold the same (method, seed) run.
     """
     if not parts:
         raise ValueError("nothing to merge")
@@ -320,12 +324,22 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         if part["dataset"] != parts[0]["dataset"]:
             raise ValueError("cannot merge results of different datasets")
     runs = [run for part in parts for run in part["runs"]]
+    seen: set[tuple[str, int]] = set()
+    for run in runs:
+        key = (run["method"], run["seed"])
+        if key in seen:
+            raise ValueError(f"cannot merge: method {key[0]!r} seed {key[1]} appears twice")
+        seen.add(key)
     methods = list(dict.fromkeys(run["method"] for run in runs))
+
+    def per_job(part: dict[str, Any], merged_key: str, key: str) -> list[Any]:
+        return list(part[merged_key]) if "commands" in part else [part.get(key)]
+
     return {
         "dataset": parts[0]["dataset"],
-        "config": [part["config"] for part in parts],
-        "commands": [part.get("command") for part in parts],
-        "wall_seconds": [part.get("wall_seconds") for part in parts],
+        "config": [config for part in parts for config in per_job(part, "config", "config")],
+        "commands": [command for part in parts for command in per_job(part, "commands", "command")],
+        "wall_seconds": [wall for part in parts for wall in per_job(part, "wall_seconds", "wall_seconds")],
         "summary": summarize(runs, methods),
         "differences": paired_differences(runs, methods),
         "runs": runs,
