@@ -36,6 +36,6 @@ python3 -m tase_loss.experiments --data .data/cifar10_lt_r100.npz \
     --probe .data/cifar10_probe_100shot.npz \
     --class-names airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck \
     --encoder resnet18 --optimizer sgd --lr 0.5 --batch-size 512 --compile \
-    --methods ntxent,tase,tase-oracle,ts,rwsam --seeds 0,1 \
+    --methods ntxent,tase,tase-oracle,tase-input,ts,rwsam --seeds 0,1 \
     --budget-minutes "$budget_minutes" --parallel 4 --no-checkpoints \
     --output "$out/decisive" 2>&1 | tee "$out/decisive.log"

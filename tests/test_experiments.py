@@ -434,6 +434,36 @@ def test_merge_results_extends_an_earlier_merge_one_entry_per_job():
         merge_results([first, _part("ntxent", [0.9])])
 
 
+def test_table_states_the_share_of_the_oracle_gain_on_shared_seeds():
+    from tase_loss.experiments.reporting import format_table
+    from tase_loss.experiments.runner import merge_results
+
+    def part(method, few, all_):
+        runs = [
+            {
+                "method": method,
+                "seed": seed,
+                "linear": {"many": a, "medium": a, "few": f, "all": a, "std": 0.0},
+                "knn": {"all": a},
+            }
+            for seed, (f, a) in enumerate(zip(few, all_))
+        ]
+        return {"dataset": {"name": "toy"}, "config": {}, "runs": runs}
+
+    merged = merge_results(
+        [
+            part("ntxent", [0.40, 0.50, 0.60], [0.5, 0.5, 0.5]),
+            part("tase-oracle", [0.44, 0.52, 0.60], [0.4, 0.5, 0.5]),  # Few +2 on seeds 0,1; All -3
+            part("tase", [0.41, 0.52], [0.5, 0.6]),  # Few +1.5 on seeds 0,1
+        ]
+    )
+    lines = format_table(merged["summary"], merged["differences"]).splitlines()
+    shares = [line for line in lines if "share of" in line]
+    # Seeds 0 and 1: oracle gains +4 and +2 points (mean +3), tase +1 and +2 (mean +1.5);
+    # the oracle's All gain is negative, so no All share is given.
+    assert shares == ["tase: share of tase-oracle's gain over ntxent (paired, same seeds): Few 50 % of +3.0"]
+
+
 def test_paired_differences_match_seed_by_seed():
     from tase_loss.experiments.runner import paired_differences
 

@@ -13,6 +13,7 @@ import numpy as np
 __all__ = ["format_table", "plot_results", "write_json"]
 
 COLUMNS = (("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("all", "All"), ("std", "Std"), ("knn", "kNN"))
+ORACLE = "tase-oracle"
 GROUP_COLORS = {"many": "#d9e8f5", "medium": "#eeeeee", "few": "#f8e0d0"}
 TITLE_PAD = 16  # room for the Many / Medium / Few labels above each panel
 
@@ -44,7 +45,32 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]], differences: d
     width = max([len(header_name)] + [len(name) for name, _ in rows]) + 3
     lines = [header_name.ljust(width) + "  ".join(title.ljust(12) for _, title in COLUMNS).rstrip()]
     lines += [name.ljust(width) + "  ".join(cells).rstrip() for name, cells in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + _oracle_shares(differences or {}))
+
+
+def _oracle_shares(differences: dict[str, Any]) -> list[str]:
+    """One line per method: the share of ``tase-oracle``'s paired gain it recovers.
+
+    Computed on the seeds both share, for Few and All, and only where the oracle's mean
+    gain is positive (a share of no gain means nothing).
+    """
+    oracle = differences.get(ORACLE)
+    if oracle is None:
+        return []
+    lines = []
+    for method, metrics in differences.items():
+        if method == ORACLE:
+            continue
+        parts = []
+        for key in ("few", "all"):
+            seeds = sorted(set(metrics[key]["per_seed"]) & set(oracle[key]["per_seed"]), key=int)
+            gain = float(np.mean([oracle[key]["per_seed"][seed] for seed in seeds])) if seeds else 0.0
+            if gain > 0:
+                share = float(np.mean([metrics[key]["per_seed"][seed] for seed in seeds])) / gain
+                parts.append(f"{key.capitalize()} {100 * share:.0f} % of {100 * gain:+.1f}")
+        if parts:
+            lines.append(f"{method}: share of {ORACLE}'s gain over ntxent (paired, same seeds): " + ", ".join(parts))
+    return lines
 
 
 def _strict(value: Any, path: str, replaced: list[str]) -> Any:
