@@ -423,10 +423,11 @@ def test_merge_results_extends_an_earlier_merge_one_entry_per_job():
     from tase_loss.experiments.runner import merge_results
 
     first = merge_results([{**_part("ntxent", [0.5]), "command": "a"}, {**_part("tase", [0.6]), "command": "b"}])
+    first = {**first, "command": "parent", "wall_seconds": 9.0}  # as a --parallel parent writes it
     later = {**_part("ntxent", [0.7], seeds=[1]), "command": "c", "wall_seconds": 3.0}
     merged = merge_results([first, later])
     assert merged["commands"] == ["a", "b", "c"]
-    assert merged["wall_seconds"] == [None, None, 3.0]
+    assert merged["job_seconds"] == [None, None, 3.0]
     assert merged["config"] == [{}, {}, {}]
     assert merged["summary"]["ntxent"]["all"]["n"] == 2
     assert merged["summary"]["ntxent"]["all"]["mean"] == pytest.approx(0.6)

@@ -41,7 +41,7 @@ def _in_scratch_folder(tmp_path, monkeypatch):
 
 def test_readme_python_blocks_run_as_written():
     blocks = python_blocks(REPOSITORY / "README.md")
-    assert len(blocks) == 4  # SimCLR, MoCo + SimSiam, estimators, checkpoints
+    assert len(blocks) == 5  # SimCLR, MoCo + SimSiam, estimators, a fixed input estimate, checkpoints
     _run(blocks, {"__name__": "readme"}, "README.md")
 
 

@@ -309,8 +309,10 @@ def run_experiment(
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine results of the same dataset run as separate jobs (e.g. one per method).
 
-    A part may itself be a merge (seeds added to a committed table later): its
-    configs, commands and wall times are carried over one per job.
+    The result keeps one ``config``, ``commands`` and ``job_seconds`` entry per job. A
+    part may itself be a merge (a ``--merge`` output, or a ``--parallel`` run's, whose
+    ``command`` and ``wall_seconds`` are the parent's): its per-job entries are carried
+    over, so seeds can be added to a committed table later.
 
     Raises:
         ValueError: if the parts differ in dataset, a part is unfinished, or two
@@ -339,7 +341,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "dataset": parts[0]["dataset"],
         "config": [config for part in parts for config in per_job(part, "config", "config")],
         "commands": [command for part in parts for command in per_job(part, "commands", "command")],
-        "wall_seconds": [wall for part in parts for wall in per_job(part, "wall_seconds", "wall_seconds")],
+        "job_seconds": [seconds for part in parts for seconds in per_job(part, "job_seconds", "wall_seconds")],
         "summary": summarize(runs, methods),
         "differences": paired_differences(runs, methods),
         "runs": runs,
