@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         default=None,
         help="comma-separated method names (default ntxent,tase; with --budget-minutes "
-        "ntxent,tase,tase-oracle,ts,rwsam); --list-methods shows them",
+        "ntxent,tase,tase-oracle,tase-input,ts,rwsam); --list-methods shows them",
     )
     run.add_argument("--list-methods", action="store_true", help="print the available methods and exit")
     run.add_argument(
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-epochs",
         type=positive,
         default=20,
-        help="with --budget-minutes: drop TS, then rwSAM, rather than run fewer epochs",
+        help="with --budget-minutes: drop rwSAM, then TS, rather than run fewer epochs",
     )
 
     tase = parser.add_argument_group("TASE (see docs/METHOD.md)")

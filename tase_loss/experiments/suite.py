@@ -29,7 +29,7 @@ from tase_loss.experiments.data import LongTailedData
 
 __all__ = ["OPTIONAL_METHODS", "SUITE_METHODS", "BudgetPlan", "plan_budget", "run_parallel", "time_epochs"]
 
-SUITE_METHODS = ("ntxent", "tase", "tase-oracle", "ts", "rwsam")
+SUITE_METHODS = ("ntxent", "tase", "tase-oracle", "tase-input", "ts", "rwsam")
 OPTIONAL_METHODS = ("rwsam", "ts")
 """Dropped in this order (rwSAM costs two passes a step) when the budget is short."""
 
