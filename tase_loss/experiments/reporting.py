@@ -51,8 +51,10 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]], differences: d
 def _oracle_shares(differences: dict[str, Any]) -> list[str]:
     """One line per method: the share of ``tase-oracle``'s paired gain it recovers.
 
-    Computed on the seeds both share, for Few and All, and only where the oracle's mean
-    gain is positive (a share of no gain means nothing).
+    Computed on the seeds both share, for Few and All. A share is given only where the
+    oracle's mean gain is positive and larger than its seed spread (sample std);
+    otherwise the line says the oracle's gain is inside the spread, since a share of
+    noise means nothing.
     """
     oracle = differences.get(ORACLE)
     if oracle is None:
@@ -64,12 +66,17 @@ def _oracle_shares(differences: dict[str, Any]) -> list[str]:
         parts = []
         for key in ("few", "all"):
             seeds = sorted(set(metrics[key]["per_seed"]) & set(oracle[key]["per_seed"]), key=int)
-            gain = float(np.mean([oracle[key]["per_seed"][seed] for seed in seeds])) if seeds else 0.0
-            if gain > 0:
+            if not seeds:
+                continue
+            gains = np.array([oracle[key]["per_seed"][seed] for seed in seeds])
+            gain, spread = float(gains.mean()), float(gains.std(ddof=1)) if gains.size > 1 else 0.0
+            if gain > spread:
                 share = float(np.mean([metrics[key]["per_seed"][seed] for seed in seeds])) / gain
                 parts.append(f"{key.capitalize()} {100 * share:.0f} % of {100 * gain:+.1f}")
+            else:
+                parts.append(f"{key.capitalize()} none: the oracle's {100 * gain:+.1f} ± {100 * spread:.1f} is inside the spread")
         if parts:
-            lines.append(f"{method}: share of {ORACLE}'s gain over ntxent (paired, same seeds): " + ", ".join(parts))
+            lines.append(f"{method}: share of {ORACLE}'s gain over ntxent ({len(seeds)} paired seeds): " + ", ".join(parts))
     return lines
 
 
