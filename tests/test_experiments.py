@@ -433,6 +433,9 @@ def test_merge_results_extends_an_earlier_merge_one_entry_per_job():
     assert merged["summary"]["ntxent"]["all"]["mean"] == pytest.approx(0.6)
     with pytest.raises(ValueError, match="'ntxent' seed 0 appears twice"):
         merge_results([first, _part("ntxent", [0.9])])
+    older = {key: value for key, value in first.items() if key != "job_seconds"}
+    with pytest.raises(ValueError, match="no 'job_seconds' list"):
+        merge_results([older, _part("tase", [0.9], seeds=[1])])
 
 
 def test_table_states_the_share_of_the_oracle_gain_on_shared_seeds():

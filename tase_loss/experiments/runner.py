@@ -335,7 +335,11 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     methods = list(dict.fromkeys(run["method"] for run in runs))
 
     def per_job(part: dict[str, Any], merged_key: str, key: str) -> list[Any]:
-        return list(part[merged_key]) if "commands" in part else [part.get(key)]
+        if "commands" not in part:
+            return [part.get(key)]
+        if not isinstance(part.get(merged_key), list):
+            raise ValueError(f"cannot merge: a merged results file has no {merged_key!r} list (an older format)")
+        return list(part[merged_key])
 
     return {
         "dataset": parts[0]["dataset"],
