@@ -10,12 +10,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["format_table", "plot_results", "write_json"]
+__all__ = ["format_table", "mean_and_spread", "plot_results", "write_json"]
 
 COLUMNS = (("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("all", "All"), ("std", "Std"), ("knn", "kNN"))
 ORACLE = "tase-oracle"
 GROUP_COLORS = {"many": "#d9e8f5", "medium": "#eeeeee", "few": "#f8e0d0"}
 TITLE_PAD = 16  # room for the Many / Medium / Few labels above each panel
+
+
+def mean_and_spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample std (``ddof=1``; 0 for one run), min and max of per-seed values."""
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "n": int(array.size),
+    }
 
 
 def _cells(metrics: dict[str, dict[str, float]], signed: bool) -> list[str]:
@@ -63,20 +75,22 @@ def _oracle_shares(differences: dict[str, Any]) -> list[str]:
     for method, metrics in differences.items():
         if method == ORACLE:
             continue
+        # Every metric of a method is paired on the same seeds.
+        seeds = sorted(set(metrics["all"]["per_seed"]) & set(oracle["all"]["per_seed"]), key=int)
+        if not seeds:
+            continue
         parts = []
         for key in ("few", "all"):
-            seeds = sorted(set(metrics[key]["per_seed"]) & set(oracle[key]["per_seed"]), key=int)
-            if not seeds:
-                continue
-            gains = np.array([oracle[key]["per_seed"][seed] for seed in seeds])
-            gain, spread = float(gains.mean()), float(gains.std(ddof=1)) if gains.size > 1 else 0.0
-            if gain > spread:
-                share = float(np.mean([metrics[key]["per_seed"][seed] for seed in seeds])) / gain
-                parts.append(f"{key.capitalize()} {100 * share:.0f} % of {100 * gain:+.1f}")
+            gain = mean_and_spread([oracle[key]["per_seed"][seed] for seed in seeds])
+            if gain["mean"] > gain["std"]:
+                share = float(np.mean([metrics[key]["per_seed"][seed] for seed in seeds])) / gain["mean"]
+                parts.append(f"{key.capitalize()} {100 * share:.0f} % of {100 * gain['mean']:+.1f}")
             else:
-                parts.append(f"{key.capitalize()} none: the oracle's {100 * gain:+.1f} ± {100 * spread:.1f} is inside the spread")
-        if parts:
-            lines.append(f"{method}: share of {ORACLE}'s gain over ntxent ({len(seeds)} paired seeds): " + ", ".join(parts))
+                parts.append(
+                    f"{key.capitalize()} none: the oracle's {100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f} "
+                    "is inside the spread"
+                )
+        lines.append(f"{method}: share of {ORACLE}'s gain over ntxent ({len(seeds)} paired seeds): " + ", ".join(parts))
     return lines
 
 

@@ -25,6 +25,7 @@ from tase_loss.experiments.evaluation import (
     per_class_accuracy,
 )
 from tase_loss.experiments.methods import Method, MethodContext, MethodSettings, build_method
+from tase_loss.experiments.reporting import mean_and_spread
 from tase_loss.experiments.training import TrainingConfig, to_device_images, train
 
 __all__ = [
@@ -200,18 +201,6 @@ def run_single(
     }
 
 
-def _mean_and_spread(values: list[float]) -> dict[str, float]:
-    """Mean, sample std (``ddof=1``; 0 for one run), min and max of per-seed values."""
-    array = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(array.mean()),
-        "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
-        "min": float(array.min()),
-        "max": float(array.max()),
-        "n": int(array.size),
-    }
-
-
 def _metrics(run: dict[str, Any]) -> dict[str, float]:
     return {**run["linear"], "knn": run["knn"]["all"]}
 
@@ -222,7 +211,7 @@ def summarize(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[
     for method in methods:
         selected = [_metrics(run) for run in runs if run["method"] == method]
         if selected:
-            summary[method] = {name: _mean_and_spread([metrics[name] for metrics in selected]) for name in selected[0]}
+            summary[method] = {name: mean_and_spread([metrics[name] for metrics in selected]) for name in selected[0]}
     return summary
 
 
@@ -249,7 +238,7 @@ def paired_differences(
         result[method] = {}
         for name in next(iter(paired.values())):
             per_seed = {str(seed): metrics[name] - by_seed[seed][name] for seed, metrics in sorted(paired.items())}
-            result[method][name] = {"per_seed": per_seed, **_mean_and_spread(list(per_seed.values()))}
+            result[method][name] = {"per_seed": per_seed, **mean_and_spread(list(per_seed.values()))}
     return result
 
 
