@@ -6,10 +6,12 @@ moderate overlap), so the clusterings and neighbour searches do realistic work, 
 its labels give each estimate's quality (Spearman with the true class frequency, share
 of the log Few/Many gap recovered). ``knn-density (exact)`` searches all N (no
 reference subsample) up to ``--exact-up-to``: what the subsample costs in quality and
-saves in time. One estimate per (estimator, N) after one warm-up call at 5,000; FAISS
-gets ``--threads``. Prints a markdown table and, with ``--output``, JSON.
+saves in time. One estimate per (estimator, N) after one warm-up call at 5,000 (or the
+smallest N if less); FAISS gets ``--threads``. Prints a markdown table and, with
+``--output``, JSON.
 
     python benchmarks/bench_estimators.py --sizes 50000,1000000 --threads 2
+    python benchmarks/bench_estimators.py --sizes 2000 --exact-up-to 2000   # a tiny check
 """
 
 from __future__ import annotations
@@ -53,12 +55,17 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     sizes = [int(size) for size in arguments.sizes.split(",")]
+    if min(sizes) < 100:
+        parser.error(f"--sizes must be >= 100 each, got {arguments.sizes}")
+    warm_size = min(5000, *sizes)
     candidates = [(name, build_estimator(name), max(sizes)) for name in arguments.estimators.split(",")]
     candidates.append(("knn-density (exact)", KNNDensityEstimator(reference_pairs=None), arguments.exact_up_to))
     rows = []
     for name, estimator, largest in candidates:
-        warm = mixture(5000)[0]
-        estimator.estimate(warm, num_threads=arguments.threads, loss=torch.rand(5000) if estimator.uses_loss else None)
+        warm = mixture(warm_size)[0]
+        estimator.estimate(
+            warm, num_threads=arguments.threads, loss=torch.rand(warm_size) if estimator.uses_loss else None
+        )
         for size in (size for size in sizes if size <= largest):
             points, labels = mixture(size)
             loss = torch.rand(size, generator=torch.Generator().manual_seed(0)) if estimator.uses_loss else None

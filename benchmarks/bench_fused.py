@@ -4,9 +4,9 @@ Forward + backward of NT-Xent rows (Q = K = both views, M = 2B anchors, self exc
 positive = other view), D = 128, one per-row temperature vector and unit weights:
 
 - ``fused``: :func:`tase_loss.ops.contrastive_rows_fused` (needs the built extension);
-- ``chunked``: :func:`tase_loss.reference.contrastive_rows_chunked`, the pure-PyTorch
+- ``chunked``: :func:`tase_loss.ops.chunked.contrastive_rows_chunked`, the pure-PyTorch
   path in row blocks (memory linear in ``M``);
-- ``reference``: :func:`tase_loss.reference.contrastive_rows_reference`, the
+- ``reference``: :func:`tase_loss.ops.reference.contrastive_rows_reference`, the
   pure-PyTorch path that materializes the ``(M, M)`` logits;
 - ``plain``: six lines of plain PyTorch NT-Xent (normalize, ``Z @ Z.T / t``, ``-inf``
   diagonal, ``F.cross_entropy``) on the same embeddings;
@@ -48,8 +48,12 @@ if str(REPO) not in sys.path:
 
 from oracles import lightly_nt_xent  # noqa: E402
 
-from tase_loss.ops import contrastive_rows_fused, is_applicable  # noqa: E402
-from tase_loss.reference import contrastive_rows_chunked, contrastive_rows_reference  # noqa: E402
+from tase_loss.ops import (  # noqa: E402
+    contrastive_rows_chunked,
+    contrastive_rows_fused,
+    contrastive_rows_reference,
+    is_applicable,
+)
 
 PROVIDERS = ("fused", "chunked", "reference", "plain", "compiled", "lightly", "gemm3")
 TEMPERATURE = 0.2
@@ -133,9 +137,10 @@ def _plain_nt_xent(embeddings: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), targets)
 
 
-def _probe(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_available(device: str = "cpu") -> bool:
+    """Whether the fused op runs on ``device`` here (the extension is built for it)."""
     probe = torch.ones(1, 1, device=device)
-    return probe, probe
+    return is_applicable(probe, probe)
 
 
 def time_providers(
@@ -238,7 +243,7 @@ def sweep(
     """
     from tase_loss.functional.rows import CHUNKED_ABOVE
 
-    has_fused = is_applicable(*_probe("cpu"))
+    has_fused = fused_available()
     table = []
     for size in sizes:
         providers = tuple(
@@ -353,7 +358,7 @@ def run(
     providers = tuple(
         name
         for name in PROVIDERS
-        if not (on_cuda and name == "lightly") and not (name == "fused" and not is_applicable(*_probe(device)))
+        if not (on_cuda and name == "lightly") and not (name == "fused" and not fused_available(device))
     )
     report: dict = {
         "rows": rows,

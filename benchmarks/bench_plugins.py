@@ -1,26 +1,63 @@
 """Costs of the rwSAM plug-ins on CPU, and what kNN density weights do on CIFAR-10-LT pixels.
 
-    python benchmarks/bench_plugins.py [--data /work/shared/data/cifar10_lt_r100.npz]
+    python benchmarks/bench_plugins.py [--pixels] [--data PATH] [--samples N] [--repeats R]
 
-Prints, for the CIFAR-10-LT training-set size (N = 12406):
-- KNNDensityWeights.refresh() wall time for random features of D = 128 and 512;
+rwSAM's weights are :class:`tase_loss.FrequencyWeights` over a
+:class:`tase_loss.PseudoLabeler` with ``KNNDensityEstimator(kernel="exponential")``, at
+the runner's rwSAM settings (``RwSAMSettings``). Prints, for ``--samples`` (default the
+CIFAR-10-LT training-set size, N = 12406):
+
+- one density estimate (``PseudoLabeler.estimate()``) for random features of D = 128 and 512;
 - wall time of one rwSAM step (two forward-backward passes) vs one SGD step on a small CNN;
-- with --data: the mean kNN-density weight per class on 8x8 RGB thumbnails (no encoder),
-  next to the class sizes, as a sanity check of the direction only.
+- with ``--pixels``: the mean weight per class on CIFAR-10-LT's 8x8 RGB thumbnails (no
+  encoder), next to the class sizes, as a sanity check of the direction only. The file is
+  ``--data``, else cifar10_lt_r100.npz in ``$TASE_LOSS_DATA``, else in ../shared/data
+  beside the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from tase_loss import KNNDensityWeights, RwSAM, TASEContrastiveLoss, rwsam_step
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-NUM_SAMPLES = 12406
+from benchmarks.datasets import CIFAR10_LT, find_data_file  # noqa: E402
+from tase_loss import (  # noqa: E402
+    FrequencyWeights,
+    KNNDensityEstimator,
+    PseudoLabeler,
+    RwSAM,
+    SampleReweighter,
+    TASEContrastiveLoss,
+    rwsam_step,
+)
+from tase_loss.experiments.methods.rwsam import RwSAMSettings  # noqa: E402
+
+CIFAR10_LT_SAMPLES = 12406
+
+
+def rwsam_weights(features: torch.Tensor) -> FrequencyWeights:
+    """rwSAM's inverse-density weights of ``(N, D)`` features, estimated once."""
+    settings = RwSAMSettings()
+    labeler = PseudoLabeler(
+        features.shape[0],
+        features.shape[1],
+        KNNDensityEstimator(kernel="exponential", bandwidth=settings.bandwidth, smoothing_rounds=0),
+        warmup_epochs=1,
+        momentum=0.0,
+    )
+    labeler.update(torch.arange(features.shape[0]), features)
+    labeler.estimate()
+    return FrequencyWeights(labeler, SampleReweighter(settings.alpha, settings.max_weight))
 
 
 def _best_of(function, repeats):
@@ -32,12 +69,12 @@ def _best_of(function, repeats):
     return min(times)
 
 
-def bench_refresh(repeats: int) -> None:
+def bench_estimate(samples: int, repeats: int) -> None:
     for dim in (128, 512):
-        weights = KNNDensityWeights(NUM_SAMPLES, dim, k=10)
-        weights.update(torch.arange(NUM_SAMPLES), torch.randn(NUM_SAMPLES, dim))
-        seconds = _best_of(weights.refresh, repeats)
-        print(f"refresh  N={NUM_SAMPLES} D={dim:4d} k=10: {seconds:.2f} s (best of {repeats})")
+        labeler = rwsam_weights(torch.randn(samples, dim)).pseudo_labeler
+        seconds = _best_of(labeler.estimate, repeats)
+        print(f"estimate N={samples} D={dim:4d} k={labeler.estimator.num_neighbors}: {seconds:.2f} s "
+              f"(best of {repeats})")
 
 
 def bench_step(repeats: int) -> None:
@@ -73,18 +110,18 @@ def bench_step(repeats: int) -> None:
           f"(x{two_pass / plain:.2f})")
 
 
-def pixel_density_by_class(path: str) -> None:
-    data = np.load(path)
-    images = torch.from_numpy(data["x"]).float().permute(0, 3, 1, 2) / 255.0
+def pixel_density_by_class(path: Path) -> None:
+    with np.load(path) as data:
+        images = torch.from_numpy(data["x"]).float().permute(0, 3, 1, 2) / 255.0
+        labels = torch.from_numpy(data["y"])
     thumbnails = nn.functional.avg_pool2d(images, 4).flatten(1)  # 8x8x3 = 192
     thumbnails = thumbnails - thumbnails.mean(dim=0)
-    labels = torch.from_numpy(data["y"])
-    weights = KNNDensityWeights(len(labels), thumbnails.shape[1], k=10)
-    weights.update(torch.arange(len(labels)), thumbnails)
-    weights.refresh()
+    weights = rwsam_weights(thumbnails)
     batch = weights(torch.arange(len(labels)))
     sizes = torch.bincount(labels)
-    print("class  size  mean weight  (8x8 thumbnails, k=10, h=0.1, beta=1)")
+    settings = RwSAMSettings()
+    print(f"class  size  mean weight  (8x8 thumbnails, k={weights.pseudo_labeler.estimator.num_neighbors}, "
+          f"h={settings.bandwidth:g}, alpha={settings.alpha:g})")
     for label in torch.argsort(sizes, descending=True).tolist():
         print(f"{label:5d} {int(sizes[label]):5d}  {float(batch[labels == label].mean()):.3f}")
     rank_size = torch.argsort(torch.argsort(sizes.double())).double()
@@ -96,14 +133,26 @@ def pixel_density_by_class(path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="cifar10_lt_r100.npz for the pixel check")
+    parser.add_argument("--pixels", action="store_true", help="also the per-class weights of CIFAR-10-LT pixels")
+    parser.add_argument(
+        "--data", default=None, help=f"{CIFAR10_LT} for --pixels (default: in $TASE_LOSS_DATA or ../shared/data)"
+    )
+    parser.add_argument("--samples", type=int, default=CIFAR10_LT_SAMPLES, help="N of the estimate timing")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.samples < 32 or args.repeats < 1:
+        parser.error(f"--samples must be >= 32 and --repeats >= 1, got {args.samples} and {args.repeats}")
+    data = None
+    if args.pixels or args.data is not None:
+        try:
+            data = find_data_file(CIFAR10_LT, args.data, "--data")
+        except FileNotFoundError as error:
+            parser.error(str(error))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    bench_refresh(args.repeats)
+    bench_estimate(args.samples, args.repeats)
     bench_step(args.repeats)
-    if args.data:
-        pixel_density_by_class(args.data)
+    if data is not None:
+        pixel_density_by_class(data)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None)
     arguments = parser.parse_args()
+    if arguments.data is not None and not os.path.isfile(arguments.data):
+        parser.error(f"--data {arguments.data}: no such file (leave --data out for synthetic images)")
     report = {
         "device": torch.cuda.get_device_name() if arguments.device.startswith("cuda") else "cpu",
         "torch": str(torch.__version__),

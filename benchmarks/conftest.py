@@ -1,8 +1,9 @@
 """Sizes and options of the benchmark run; collects the report and prints it at the end.
 
-``pytest benchmarks/`` runs the quick sweep (a few minutes on 2 CPU cores);
-``pytest benchmarks/ --full`` runs the full one. The default test run never collects
-this folder (``testpaths`` in pyproject.toml).
+``pytest benchmarks/`` runs the quick sweep (about 3 minutes on 2 CPU cores);
+``pytest benchmarks/ --full`` runs the full one, ``--smoke`` every benchmark once at a
+tiny size (what CI runs: it checks that each still runs, its figures mean nothing). The
+default test run never collects this folder (``testpaths`` in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.datasets import CIFAR10_LT, DATA_ENV, find_data_file  # noqa: E402
 from benchmarks.report import Report  # noqa: E402
-
-DEFAULT_CIFAR_LT = Path("/work/shared/data/cifar10_lt_r100.npz")
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,28 @@ class Sweep:
     kmeans_clusters: int
     kmeans_rounds: int
     quality_seeds: int  # initializations per labeled clustering set
+    fused_rows: int  # M of test_bench_fused.py's timing (needs the built extension)
+    fused_memory_rows: tuple[int, ...]  # M of its memory probes; the scaling is asserted at >= 8192
 
 
+SMOKE = Sweep(
+    name="smoke",
+    batch_sizes=(32,),
+    dims=(16,),
+    memory_modes=("forward+backward",),
+    rounds=1,
+    kmeans_sizes=(2_000,),
+    kmeans_clusters=20,
+    kmeans_rounds=1,
+    quality_seeds=1,
+    fused_rows=256,
+    fused_memory_rows=(512,),
+)
+# B = 128, not 256: pytorch-metric-learning's NT-Xent costs ~(2B)^3 (2.5 s a call at B = 256,
+# over half of the old quick sweep's time); at B = 1024 it needs more than the memory cap.
 QUICK = Sweep(
     name="quick",
-    batch_sizes=(256, 1024),
+    batch_sizes=(128, 1024),
     dims=(128,),
     memory_modes=("forward+backward",),
     rounds=5,
@@ -52,6 +69,8 @@ QUICK = Sweep(
     kmeans_clusters=100,
     kmeans_rounds=3,
     quality_seeds=3,
+    fused_rows=2048,
+    fused_memory_rows=(2048, 8192),
 )
 FULL = Sweep(
     name="full",
@@ -63,6 +82,8 @@ FULL = Sweep(
     kmeans_clusters=100,
     kmeans_rounds=5,
     quality_seeds=5,
+    fused_rows=8192,
+    fused_memory_rows=(4096, 16384),
 )
 
 
@@ -84,6 +105,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--quick", action="store_true", help="small sweep (the default)")
     group.addoption(
         "--full", action="store_true", help="full sweep: B = 256..8192, N up to 200k (wins over --quick)"
+    )
+    group.addoption(
+        "--smoke", action="store_true", help="every benchmark once at a tiny size (CI; wins over --quick)"
     )
     group.addoption(
         "--bench-device",
@@ -117,13 +141,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--bench-cifar-lt",
-        default=os.environ.get("TASE_BENCH_CIFAR_LT", str(DEFAULT_CIFAR_LT)),
-        help="cifar10_lt_r100.npz for the labeled clustering set (skipped when missing)",
+        default=None,
+        help=f"{CIFAR10_LT} for the labeled clustering set (default: in ${DATA_ENV}, else in "
+        "../shared/data beside the repository; the set is skipped when the default is missing)",
     )
 
 
+def _cifar_lt_path(config: pytest.Config) -> Optional[Path]:
+    """The CIFAR-10-LT file; ``None`` when it was not named and is not in the data folder."""
+    if "TASE_BENCH_CIFAR_LT" in os.environ:
+        raise pytest.UsageError(
+            f"TASE_BENCH_CIFAR_LT is gone: pass --bench-cifar-lt PATH, or set {DATA_ENV} to the folder "
+            f"that holds {CIFAR10_LT}"
+        )
+    named = config.getoption("--bench-cifar-lt")
+    try:
+        return find_data_file(CIFAR10_LT, named, "--bench-cifar-lt")
+    except FileNotFoundError as error:
+        if named is not None:
+            raise pytest.UsageError(str(error)) from None
+        return None
+
+
 def _bench_config(config: pytest.Config) -> BenchConfig:
-    sweep = FULL if config.getoption("--full") else QUICK
+    sweep = FULL if config.getoption("--full") else SMOKE if config.getoption("--smoke") else QUICK
     if config.getoption("--bench-rounds") is not None:
         sweep = dataclasses.replace(sweep, rounds=config.getoption("--bench-rounds"))
     device = config.getoption("--bench-device")
@@ -132,13 +173,12 @@ def _bench_config(config: pytest.Config) -> BenchConfig:
     report = config.getoption("--bench-report") or (
         REPO_ROOT / "benchmarks" / "output" / f"report-{device.split(':')[0]}-{sweep.name}.md"
     )
-    cifar = Path(config.getoption("--bench-cifar-lt"))
     return BenchConfig(
         sweep=sweep,
         device=device,
         memory_cap_gib=config.getoption("--bench-memory-cap-gib"),
         report_path=Path(report),
-        cifar_lt_path=cifar if cifar.is_file() else None,
+        cifar_lt_path=_cifar_lt_path(config),
     )
 
 

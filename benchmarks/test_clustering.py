@@ -10,6 +10,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from benchmarks import clustering
 from benchmarks.conftest import BenchConfig
+from benchmarks.datasets import CIFAR10_LT, DATA_ENV, data_dir
 from benchmarks.harness import time_interleaved
 from benchmarks.report import Report, timing_cells
 
@@ -80,7 +81,10 @@ def test_kmeans_quality(bench_config: BenchConfig, bench_report: Report) -> None
         f"all methods; {clustering.ITERATIONS} iterations.",
     ]
     if bench_config.cifar_lt_path is None:
-        table.notes.append("CIFAR-10-LT skipped: cifar10_lt_r100.npz not found (--bench-cifar-lt).")
+        table.notes.append(
+            f"CIFAR-10-LT skipped: {CIFAR10_LT} not in the data folder {data_dir()} "
+            f"(--bench-cifar-lt PATH or {DATA_ENV} to add it)."
+        )
     for data in _labeled_sets(bench_config):
         count = int(data.labels.max()) + 1
         scores: dict[str, list[tuple[float, float]]] = {name: [] for name in clustering.KMEANS}
