@@ -4,7 +4,7 @@
 # Seed 0's first two epochs ran in an earlier job with the same settings and were resumed
 # from its checkpoints with --resume (resume is bit-exact, see tests/test_experiments.py).
 set -e
-DATA=../shared/data    # /work/shared/data on the machine that ran it
+DATA=../shared/data    # the shared/data folder beside the repository
 for seed in 0 1 2; do
   nice -n 5 python -m tase_loss.experiments --data $DATA/cifar10_lt_r100.npz \
       --probe $DATA/cifar10_probe_100shot.npz --encoder small-cnn --epochs 6 --warmup-epochs 2 \
