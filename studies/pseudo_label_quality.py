@@ -1,10 +1,12 @@
 """How well do k-means cluster sizes estimate class frequency? Measured on trained encoders.
 
-TASE maps each sample's estimated frequency f_i = n_c(i) / N (the size of its k-means
-cluster) to a temperature and a weight. This script takes encoders trained by
-``tase-experiment`` (their checkpoints), extracts backbone features of the long-tailed
-training set (no augmentation), fits the library's PseudoLabeler for several k, and
-reports how the estimates track the true class frequencies:
+TASE maps each sample's estimated frequency f_i to a temperature and a weight; with the
+``cluster-size`` estimator (the spec's) f_i = n_c(i) / N, the size of its k-means
+cluster. This script takes encoders trained by ``tase-experiment`` (their checkpoints),
+extracts backbone features of the long-tailed training set (no augmentation), runs one
+estimate of the library's PseudoLabeler with ``cluster-size`` for several k, and
+reports how the estimates track the true class frequencies
+(``tase_loss.experiments.evaluation.frequency_quality``):
 
 - nmi: pseudo-labels vs true labels;
 - spearman: rank correlation of f_i with the true frequency of i's class;
@@ -15,7 +17,8 @@ reports how the estimates track the true class frequencies:
 - "knn-density" rows: the rank correlation of an alternative estimate, the mean cosine
   similarity to the 20 nearest neighbours, with the true class frequency.
 
-Usage:
+Usage (``studies/frequency_estimators.py`` compares every estimator)::
+
     python studies/pseudo_label_quality.py --data digits --checkpoints runs/digits_default/checkpoints/*.pt
     python studies/pseudo_label_quality.py --data ../shared/data/cifar10_lt_r100.npz \
         --encoder small-cnn --checkpoints runs/cifar10_lt_seed*/checkpoints/*.pt
@@ -29,10 +32,10 @@ import json
 import numpy as np
 import torch
 
-from tase_loss import PseudoLabeler, TemperatureMap
+from tase_loss import PseudoLabeler, TemperatureMap, build_estimator
 from tase_loss.experiments.data import load_digits_lt, load_npz
 from tase_loss.experiments.encoders import build_model
-from tase_loss.experiments.evaluation import extract_features, pseudo_label_diagnostics
+from tase_loss.experiments.evaluation import extract_features, frequency_quality
 
 
 def _density_diagnostics(features: torch.Tensor, labels: np.ndarray, counts: np.ndarray) -> dict[str, float]:
@@ -74,11 +77,18 @@ def main() -> None:
         print(f"{path} knn density: spearman {rows[-1]['frequency_spearman']:+.3f}")
         for multiplier in (int(m) for m in arguments.multipliers.split(",")):
             k = multiplier * data.num_classes
-            labeler = PseudoLabeler(labels.size, features.shape[1], k, warmup_epochs=0, num_threads=1)
+            estimator = build_estimator("cluster-size", num_clusters=k)
+            labeler = PseudoLabeler(labels.size, features.shape[1], estimator, momentum=0.0, num_threads=1)
             labeler.update(torch.arange(labels.size), features)
-            labeler.recluster()
+            labeler.estimate()
             frequency = labeler.frequency(torch.arange(labels.size))
-            result = pseudo_label_diagnostics(labeler.labels.numpy(), frequency.numpy(), labels, data.groups)
+            quality = frequency_quality(np.log(frequency.numpy()), labels, data.groups, labeler.labels.numpy())
+            result = {
+                "nmi": quality["nmi"],
+                "frequency_spearman": quality["spearman"],
+                "frequency_few_over_many": quality["few_over_many"],
+                "gap_recovered": quality["gap_recovered"],
+            }
             temperature = temperature_map(frequency, labeler.frequency_reference()).numpy()
             log_temperature = np.log(temperature)
             result["t_few_over_many"] = float(np.exp(log_temperature[few].mean() - log_temperature[many].mean()))
