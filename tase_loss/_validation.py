@@ -15,9 +15,11 @@ Two kinds live here:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
-from typing import Any, Callable, Optional, Union
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -110,6 +112,71 @@ def check_bool(name: str, value: object) -> bool:
 
 def check_reduction(reduction: object) -> str:
     return check_choice("reduction", reduction, REDUCTIONS)
+
+
+# --- names renamed or removed in 0.2.0 ---------------------------------------------------
+
+FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
+
+
+def warn_renamed(old: str, new: str, note: str = "", stacklevel: int = 3) -> None:
+    """Warn (``DeprecationWarning``) that ``old`` is 0.1's name of ``new``; ``note`` adds what changed."""
+    warnings.warn(
+        f"{old} was renamed {new} in 0.2.0; the old name will be removed" + (f". {note}" if note else ""),
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def renamed_keywords(
+    renamed: Optional[Mapping[str, str]] = None,
+    *,
+    removed: Optional[Mapping[str, str]] = None,
+    note: str = "",
+) -> Callable[[FunctionT], FunctionT]:
+    """Decorate a function so that 0.1's keyword names answer.
+
+    Args:
+        renamed: old keyword -> new keyword; an old keyword is forwarded to the new one
+            with a ``DeprecationWarning`` (``note`` appended), and giving both is a
+            ``TypeError``.
+        removed: old keyword -> the ``TypeError`` message it raises; ``{value!r}`` in the
+            message is replaced by the value given, so the message can show the call to
+            write instead.
+        note: what else changed with the renamed keywords (a silent behaviour change).
+
+    Example:
+        >>> @renamed_keywords({"size": "num_rows"})
+        ... def table(num_rows: int = 1) -> int:
+        ...     return num_rows
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     table(size=3)
+        3
+    """
+    renamed = dict(renamed or {})
+    removed = dict(removed or {})
+
+    def decorate(function: FunctionT) -> FunctionT:
+        owner = function.__qualname__.removesuffix(".__init__")
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, message in removed.items():
+                if old in kwargs:
+                    raise TypeError(f"{owner}(): " + message.format(value=kwargs[old]))
+            for old, new in renamed.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{owner}() got both {old}= and {new}=: pass only {new}=")
+                    warn_renamed(f"{owner}({old}=)", f"{new}=", note)
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def _range_text(

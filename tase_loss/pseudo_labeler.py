@@ -13,11 +13,25 @@ import torch
 from torch import Tensor
 
 from tase_loss import distributed
-from tase_loss._validation import check_index, check_int, check_real, check_state_dict
+from tase_loss._validation import (
+    check_index,
+    check_int,
+    check_real,
+    check_state_dict,
+    renamed_keywords,
+    warn_renamed,
+)
 from tase_loss.bank import BANK_DTYPES, FeatureBank
 from tase_loss.estimators import FrequencyEstimate, FrequencyEstimator, build_estimator
 
 __all__ = ["FrequencyReference", "NotFittedError", "PseudoLabeler"]
+
+# 0.1 code that uses a 0.1 name also used 0.1's warm-up count.
+_WARMUP_CHANGED = (
+    "Also changed in 0.2.0: warmup_epochs=W now means W epochs of plain NT-Xent, the first "
+    "estimate at the end of epoch W - 1 (0.1: W + 1 epochs, at the end of epoch W); pass "
+    "warmup_epochs=W + 1 to keep 0.1's schedule"
+)
 
 
 class NotFittedError(ValueError):
@@ -101,6 +115,15 @@ class PseudoLabeler:
         torch.Size([2])
     """
 
+    @renamed_keywords(
+        {"recluster_every": "estimate_every"},
+        removed={
+            "num_clusters": "num_clusters= moved to the clustering estimators in 0.2.0: pass "
+            "estimator=ClusterSizeEstimator(num_clusters={value!r}) (from tase_loss.estimators) "
+            "for 0.1's k-means cluster-size estimate. " + _WARMUP_CHANGED,
+        },
+        note=_WARMUP_CHANGED,
+    )
     def __init__(
         self,
         num_samples: int,
@@ -142,6 +165,12 @@ class PseudoLabeler:
     def is_fitted(self) -> bool:
         """Whether at least one estimate exists."""
         return self.num_estimates > 0
+
+    @property
+    def num_fits(self) -> int:
+        """Deprecated 0.1 name of :attr:`num_estimates`."""
+        warn_renamed("PseudoLabeler.num_fits", "num_estimates")
+        return self.num_estimates
 
     @property
     def version(self) -> int:
@@ -188,6 +217,16 @@ class PseudoLabeler:
             return False
         self.estimate()
         return True
+
+    def maybe_recluster(self, epoch: int) -> bool:
+        """Deprecated 0.1 name of :meth:`end_epoch` (whose warm-up ends one epoch earlier)."""
+        warn_renamed("PseudoLabeler.maybe_recluster()", "end_epoch()", _WARMUP_CHANGED)
+        return self.end_epoch(epoch)
+
+    def recluster(self) -> None:
+        """Deprecated 0.1 name of :meth:`estimate`."""
+        warn_renamed("PseudoLabeler.recluster()", "estimate()")
+        self.estimate()
 
     def warn_if_unfitted(self, epochs: int) -> None:
         """Warn that a run of ``epochs`` epochs ended inside the warm-up (TASE never acted)."""
