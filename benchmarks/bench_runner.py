@@ -100,10 +100,27 @@ def _syncs_per_step(model, method, images, augment, arguments) -> float:
     return len(syncs) / steps
 
 
+def _single_run_arguments(argv: list[str]) -> list[str]:
+    """``argv`` without ``--parallel`` and ``--output`` (as ``--name value`` or ``--name=value``).
+
+    Example:
+        >>> _single_run_arguments(["--parallel", "4", "--epochs", "2", "--output=a.json"])
+        ['--epochs', '2']
+    """
+    kept, skip_value = [], False
+    for part in argv:
+        if skip_value:
+            skip_value = False
+        elif part.split("=", 1)[0] in ("--parallel", "--output"):
+            skip_value = "=" not in part
+        else:
+            kept.append(part)
+    return kept
+
+
 def parallel_throughput(arguments: argparse.Namespace, processes: int) -> dict:
     """Images per second of ``processes`` identical runs at once vs one run alone."""
-    command = [sys.executable, __file__, "--single", *sys.argv[1:]]
-    command = [part for part in command if not part.startswith("--parallel")]
+    command = [sys.executable, __file__, "--single", *_single_run_arguments(sys.argv[1:])]
 
     def wall(count: int) -> float:
         started = time.perf_counter()
