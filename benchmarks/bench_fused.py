@@ -372,7 +372,7 @@ def run(
         report["seconds_median"] = {name: statistics.median(v) for name, v in samples.items()}
         report["over_plain"] = {name: ratio_summary(samples, name, "plain") for name in samples if name != "plain"}
         report["over_gemm3"] = {name: ratio_summary(samples, name, "gemm3") for name in samples if name != "gemm3"}
-    if rounds > 0 and moco_queue > 0 and not on_cuda:
+    if rounds > 0 and moco_queue > 0 and not on_cuda and "fused" in providers:  # the MoCo rows compare fused
         moco = time_moco(256, moco_queue, dim, rounds)
         report["moco_batch_256_queue"] = moco_queue
         report["moco_seconds_median"] = {name: statistics.median(v) for name, v in moco.items()}
