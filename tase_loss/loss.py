@@ -18,6 +18,7 @@ from tase_loss._validation import (
     check_embeddings,
     check_int,
     check_reduction,
+    renamed_keywords,
 )
 from tase_loss.guidance import Guidance
 from tase_loss.pseudo_labeler import PseudoLabeler
@@ -187,6 +188,7 @@ class TASEContrastiveLoss(_GuidedLoss):
         (torch.Size([]), 8)
     """
 
+    @renamed_keywords({"embedding_dim": "feature_dim"})
     def __init__(
         self,
         temperature: float = 0.2,

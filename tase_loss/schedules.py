@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-from tase_loss._validation import check_real
+from tase_loss._validation import check_real, renamed_keywords, warn_renamed
 
 __all__ = ["CosineTemperatureSchedule"]
 
@@ -47,6 +47,7 @@ class CosineTemperatureSchedule:
         True
     """
 
+    @renamed_keywords({"t_lo": "min_temperature", "t_hi": "max_temperature"})
     def __init__(self, min_temperature: float = 0.1, max_temperature: float = 1.0, period: float = 400) -> None:
         self.min_temperature = check_real("min_temperature", min_temperature, 0.0, exclusive_minimum=True)
         self.max_temperature = check_real("max_temperature", max_temperature, 0.0, exclusive_minimum=True)
@@ -55,6 +56,18 @@ class CosineTemperatureSchedule:
             raise ValueError(
                 f"min_temperature ({min_temperature}) must not exceed max_temperature ({max_temperature})"
             )
+
+    @property
+    def t_lo(self) -> float:
+        """Deprecated 0.1 name of :attr:`min_temperature`."""
+        warn_renamed("CosineTemperatureSchedule.t_lo", "min_temperature")
+        return self.min_temperature
+
+    @property
+    def t_hi(self) -> float:
+        """Deprecated 0.1 name of :attr:`max_temperature`."""
+        warn_renamed("CosineTemperatureSchedule.t_hi", "max_temperature")
+        return self.max_temperature
 
     def __call__(self, epoch: float) -> float:
         """The temperature at ``epoch`` (a finite number ``>= 0``)."""

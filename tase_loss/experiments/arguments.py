@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Callable, NoReturn, Optional
+import sys
+from collections.abc import Sequence
+from typing import Any, Callable, NoReturn, Optional, Union
 
 __all__ = ["PROGRAM", "UsageError", "build_parser"]
 
@@ -24,6 +26,27 @@ class _OneLineParser(argparse.ArgumentParser):
 
 class UsageError(Exception):
     """A usage error, reported as one line."""
+
+
+class _RenamedOption(argparse.Action):
+    """0.1's spelling of an option (hidden from ``--help``): says so on stderr, then acts as ``new``."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Union[str, Sequence[Any], None],
+        option_string: Optional[str] = None,
+    ) -> None:
+        print(
+            f"{PROGRAM}: warning: {option_string} was renamed {self.new} in 0.2.0; the old name will be removed",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
 
 
 def _number(
@@ -120,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ntxent,tase,tase-oracle,tase-input,ts,rwsam); --list-methods shows them",
     )
     run.add_argument("--list-methods", action="store_true", help="print the available methods and exit")
+    run.add_argument("--losses", dest="methods", action=_RenamedOption, new="--methods")
+    run.add_argument("--list-losses", dest="list_methods", action=_RenamedOption, new="--list-methods", nargs=0)
     run.add_argument(
         "--seeds",
         type=_int_list,

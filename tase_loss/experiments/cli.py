@@ -29,6 +29,7 @@ SUITE_OPTIONS = (
     "--parallel",
     "--min-epochs",
     "--methods",
+    "--losses",  # 0.1's name of --methods
     "--seeds",
     "--output",
     "--epochs",
