@@ -338,20 +338,44 @@ def check_weight(weight: object, batch_size: int, device: torch.device, reductio
         )
 
 
-def _check_integer_vector(name: str, value: object, batch_size: Optional[int]) -> Tensor:
-    """Require an int64/int32 ``(batch_size,)`` tensor (any length when ``None``)."""
+def _check_integer_vector(name: str, value: object, batch_size: Optional[int], batch_name: str) -> Tensor:
+    """Require an int64/int32 ``(batch_size,)`` tensor (any length when ``None``).
+
+    ``batch_size`` is the row count of ``batch_name``, so a mismatch names both tensors.
+    """
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of int64 or int32, got {type(value).__name__}")
     if value.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} must be an int64 or int32 tensor, got dtype {value.dtype}")
-    if value.dim() != 1 or (batch_size is not None and value.shape[0] != batch_size):
-        expected = "B" if batch_size is None else str(batch_size)
-        raise ValueError(f"{name} must have shape ({expected},), got {tuple(value.shape)}")
+    if value.dim() != 1:
+        raise ValueError(f"{name} must have shape (B,), got {tuple(value.shape)}")
+    if batch_size is not None and value.shape[0] != batch_size:
+        raise ValueError(
+            f"{name} has {value.shape[0]} entries but {batch_name} has {batch_size} rows: "
+            f"{name} needs one entry per row of {batch_name}"
+        )
     return value
 
 
-def check_index(index: object, batch_size: Optional[int], num_samples: int) -> Tensor:
+def check_rows(name: str, tensor: object, batch_size: int, batch_name: str) -> Tensor:
+    """Require a tensor of ``batch_size`` rows, one per row of ``batch_name``."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dim() == 0 or tensor.shape[0] != batch_size:
+        rows = "no rows (0-dim)" if tensor.dim() == 0 else f"{tensor.shape[0]} rows"
+        raise ValueError(
+            f"{name} has {rows} but {batch_name} has {batch_size}: {name} needs one row per row of {batch_name}"
+        )
+    return tensor
+
+
+def check_index(
+    index: object, batch_size: Optional[int], num_samples: int, batch_name: str = "the batch"
+) -> Tensor:
     """Require an integer ``(batch_size,)`` tensor of dataset indices in ``[0, num_samples)``.
+
+    ``batch_size`` is the row count of ``batch_name`` (say ``"features"``), which a
+    length mismatch names beside ``index``.
 
     Example:
         >>> check_index(torch.tensor([0, 3]), 2, num_samples=4)
@@ -360,8 +384,12 @@ def check_index(index: object, batch_size: Optional[int], num_samples: int) -> T
         Traceback (most recent call last):
         ...
         ValueError: index must lie in [0, 4), got values in [0, 4]
+        >>> check_index(torch.tensor([0, 1, 2]), 2, num_samples=4, batch_name="features")
+        Traceback (most recent call last):
+        ...
+        ValueError: index has 3 entries but features has 2 rows: index needs one entry per row of features
     """
-    index = _check_integer_vector("index", index, batch_size)
+    index = _check_integer_vector("index", index, batch_size, batch_name)
     if index.numel() == 0:
         return index
     smallest, largest = torch.aminmax(index)
@@ -374,9 +402,11 @@ def check_index(index: object, batch_size: Optional[int], num_samples: int) -> T
     return index
 
 
-def check_labels(name: str, labels: object, batch_size: int, device: torch.device) -> Tensor:
-    """Require an integer ``(batch_size,)`` tensor on ``device``."""
-    labels = _check_integer_vector(name, labels, batch_size)
+def check_labels(
+    name: str, labels: object, batch_size: int, device: torch.device, batch_name: str = "the batch"
+) -> Tensor:
+    """Require an integer ``(batch_size,)`` tensor on ``device``, one label per row of ``batch_name``."""
+    labels = _check_integer_vector(name, labels, batch_size, batch_name)
     if labels.device != device:
         raise ValueError(f"{name} is on {labels.device} but the embeddings are on {device}")
     return labels

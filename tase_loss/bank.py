@@ -94,7 +94,7 @@ class FeatureBank:
         check_embeddings("features", features)
         if features.shape[1] != self.feature_dim:
             raise ValueError(f"features must have {self.feature_dim} columns, got {features.shape[1]}")
-        index = check_index(index, features.shape[0], self.num_samples)
+        index = check_index(index, features.shape[0], self.num_samples, "features")
         if not self._placed:
             self._move_to(features.device)
         rows = unit_rows(features.detach(), dtype=self.dtype)

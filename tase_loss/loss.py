@@ -18,6 +18,7 @@ from tase_loss._validation import (
     check_embeddings,
     check_int,
     check_reduction,
+    check_rows,
     renamed_keywords,
 )
 from tase_loss.guidance import Guidance
@@ -69,6 +70,16 @@ class _GuidedLoss(nn.Module):
         if self.guidance is None:
             raise ValueError("index= needs a pseudo_labeler attached to the loss")
         return self.guidance
+
+    def _lookup(
+        self, index: Tensor, features: Optional[Tensor], batch: Tensor, batch_name: str
+    ) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """``index=``'s ``(temperature, weight)``, after checking ``index`` and ``features`` against ``batch``."""
+        guidance = self._require_guidance()
+        check_rows("index", index, batch.shape[0], batch_name)
+        if features is not None:
+            check_rows("features", features, batch.shape[0], batch_name)
+        return guidance.lookup(index, batch.device, batch.shape[0])
 
     def _feeds_labeler(self, index: Optional[Tensor]) -> bool:
         return index is not None and self.training
@@ -285,7 +296,7 @@ class TASEContrastiveLoss(_GuidedLoss):
         if index is not None:
             if temperature is not None or weight is not None:
                 raise ValueError("pass either index= or temperature=/weight=, not both")
-            temperature, weight = self._require_guidance().lookup(index, out0.device, out0.shape[0])
+            temperature, weight = self._lookup(index, features, out0, "out0")
         elif features is not None:
             raise ValueError("features= is stored for index= calls; pass index= too")
         if temperature is None:
@@ -397,7 +408,7 @@ class TASECosineLoss(_GuidedLoss):
         if index is not None:
             if weight is not None:
                 raise ValueError("pass either index= or weight=, not both")
-            _, weight = self._require_guidance().lookup(index, prediction.device, prediction.shape[0])
+            _, weight = self._lookup(index, features, prediction, "prediction")
         elif features is not None:
             raise ValueError("features= is stored for index= calls; pass index= too")
         loss_function = functional.byol_loss if self.variant == "byol" else functional.simsiam_loss

@@ -17,6 +17,7 @@ from tase_loss import (
     nt_xent_loss,
     simsiam_loss,
 )
+from tase_loss.ood import TailBiasedOODSampler, pseudo_semantic_loss
 
 
 def _pair(batch_size=4, dim=3):
@@ -147,8 +148,72 @@ def test_index_errors_name_index():
         criterion(*_pair(), index=torch.tensor([0, 1, 2, 10]))
     with pytest.raises(TypeError, match="index must be an int64 or int32 tensor"):
         criterion(*_pair(), index=torch.zeros(4))
-    with pytest.raises(ValueError, match=r"index must have shape \(4,\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"^index has 3 rows but out0 has 4: index needs one row per row of out0$"):
         criterion(*_pair(), index=torch.arange(3))
+
+
+def _labeled_criterion(loss_class):
+    return loss_class(pseudo_labeler=PseudoLabeler(num_samples=20, feature_dim=5, warmup_epochs=1))
+
+
+def _ood_sampler(id_labels):
+    return TailBiasedOODSampler(torch.randn(4, 3), id_labels, torch.randn(2, 3), num_samples=2)
+
+
+# Each call gets two tensors whose lengths disagree; the message must start with the one
+# that is wrong (the other argument fixes the batch) and name the reference it is held to.
+@pytest.mark.parametrize(
+    "call,pattern",
+    [
+        (
+            lambda: _labeled_criterion(TASEContrastiveLoss)(
+                *_pair(16), index=torch.arange(16), features=torch.randn(10, 5)
+            ),
+            "^features has 10 rows but out0 has 16: features needs one row per row of out0$",
+        ),
+        (
+            lambda: _labeled_criterion(TASECosineLoss)(
+                *_pair(16), index=torch.arange(16), features=torch.randn(10, 5)
+            ),
+            "^features has 10 rows but prediction has 16: features needs one row per row of prediction$",
+        ),
+        (
+            lambda: _labeled_criterion(TASECosineLoss)(*_pair(16), index=torch.arange(10)),
+            "^index has 10 rows but prediction has 16",
+        ),
+        (
+            lambda: FeatureBank(20, 5).update(torch.arange(16), torch.randn(10, 5)),
+            "^index has 16 entries but features has 10 rows: index needs one entry per row of features$",
+        ),
+        (
+            lambda: PseudoLabeler(20, 5).update(torch.arange(16), torch.randn(10, 5)),
+            "^index has 16 entries but features has 10 rows",
+        ),
+        (lambda: nt_xent_loss(torch.randn(16, 3), torch.randn(10, 3)), r"^out1 has shape \(10, 3\) but out0 has"),
+        (lambda: byol_loss(torch.randn(16, 3), torch.randn(10, 3)), r"^target has shape \(10, 3\) but prediction"),
+        (lambda: moco_loss(torch.randn(16, 3), torch.randn(10, 3)), r"^keys has shape \(10, 3\) but queries"),
+        (lambda: nt_xent_loss(*_pair(16), temperature=torch.full((10,), 0.2)), r"^temperature must have shape \(16,\)"),
+        (lambda: nt_xent_loss(*_pair(16), weight=torch.ones(10)), r"^weight must have shape \(16,\)"),
+        (
+            lambda: pseudo_semantic_loss(*_pair(16), torch.zeros(10, dtype=torch.int64)),
+            "^labels has 10 entries but out0 has 16 rows",
+        ),
+        (
+            lambda: _ood_sampler(torch.zeros(3, dtype=torch.int64)),
+            "^id_labels has 3 entries but id_features has 4 rows",
+        ),
+    ],
+)
+def test_length_mismatch_names_the_wrong_argument(call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call()
+
+
+def test_a_failed_feed_stores_nothing():
+    criterion = _labeled_criterion(TASEContrastiveLoss)
+    with pytest.raises(ValueError, match=r"^features has 10 rows"):
+        criterion(*_pair(16), index=torch.arange(16), features=torch.randn(10, 5))
+    assert criterion.pseudo_labeler.bank.num_seen == 0
 
 
 def test_labeler_errors_and_no_mutation():

@@ -99,7 +99,7 @@ def pseudo_semantic_loss(
     """
     check_embeddings("out0", out0)
     batch_size = out0.shape[0]
-    check_labels("labels", labels, batch_size, out0.device)
+    check_labels("labels", labels, batch_size, out0.device, "out0")
     instance_mass = check_real("instance_mass", instance_mass, 0.0, 1.0)
     rows = torch.arange(2 * batch_size, device=out0.device)
     view_labels = labels.long().repeat(2)

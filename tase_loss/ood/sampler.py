@@ -112,7 +112,7 @@ class TailBiasedOODSampler(Sampler[int]):
                 f"ood_features has {ood_features.shape[1]} columns but id_features has "
                 f"{id_features.shape[1]}"
             )
-        check_labels("id_labels", id_labels, id_features.shape[0], id_features.device)
+        check_labels("id_labels", id_labels, id_features.shape[0], id_features.device, "id_features")
         if not bool((id_labels >= 0).any()):
             raise ValueError("id_labels holds no pseudo-label (all -1): cluster the ID data first")
         check_int("num_samples", num_samples, minimum=1)
