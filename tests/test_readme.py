@@ -128,3 +128,14 @@ def test_the_continuation_marker_is_parsed():
     blocks = blocks_of(text, "probe.md")
     assert [(block.section, block.continues) for block in blocks] == [("intro", None), ("use-it", "intro")]
     assert [part.number for part in chain(blocks[1], blocks)] == [1, 2]
+
+
+def test_the_swap_diff_has_the_line_counts_the_readme_states():
+    text = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    section = text.split("### The swap in an existing loop", 1)[1].split("\n#", 1)[0]
+    stated = re.search(r"(\d+) added lines and (\d+) removed", section)
+    assert stated, "the swap section states no line counts"
+    diff = next(body for language, body in FENCE.findall(section) if language == "text")
+    lines = diff.splitlines()
+    counted = (sum(line.startswith("+ ") for line in lines), sum(line.startswith("- ") for line in lines))
+    assert counted == (int(stated.group(1)), int(stated.group(2)))
