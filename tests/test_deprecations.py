@@ -15,6 +15,7 @@ from tase_loss import (
 )
 from tase_loss.experiments import cli
 from tase_loss.experiments.arguments import build_parser
+from tase_loss.ood import DomainHead, TwoStageOOD, train_two_stage
 
 WARMUP_NOTE = "warmup_epochs=W now means W epochs of plain NT-Xent"
 
@@ -128,6 +129,17 @@ def test_embedding_dim_on_the_loss_is_feature_dim():
         old = TASEContrastiveLoss(queue_size=8, embedding_dim=5)
     new = TASEContrastiveLoss(queue_size=8, feature_dim=5)
     assert old.queue.keys.shape == new.queue.keys.shape == (8, 5)
+
+
+def test_embedding_dim_on_the_ood_recipe_is_feature_dim():
+    with pytest.warns(DeprecationWarning, match=r"DomainHead\(embedding_dim=\) was renamed feature_dim="):
+        head = DomainHead(embedding_dim=6)
+    assert head.layers[0].in_features == DomainHead(feature_dim=6).layers[0].in_features == 6
+    with pytest.warns(DeprecationWarning, match=r"TwoStageOOD\(embedding_dim=\) was renamed feature_dim="):
+        method = TwoStageOOD(torch.randn(8, 6), num_id=10, embedding_dim=4, augment=lambda x: x)
+    assert method.domain_head.layers[0].in_features == 4
+    with pytest.raises(TypeError, match="train_two_stage\\(\\) got both embedding_dim= and feature_dim="):
+        train_two_stage(None, None, None, None, embedding_dim=4, feature_dim=4)
 
 
 def test_t_lo_and_t_hi_are_min_and_max_temperature():

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tase_loss._numerics import accumulation_dtype
-from tase_loss._validation import check_embeddings, check_int
+from tase_loss._validation import check_embeddings, check_int, renamed_keywords
 from tase_loss.functional import reduce_per_sample
 
 __all__ = ["DomainHead", "domain_discrimination_loss"]
@@ -42,6 +42,7 @@ class DomainHead(nn.Module):
         torch.Size([4])
     """
 
+    @renamed_keywords({"embedding_dim": "feature_dim"})
     def __init__(self, feature_dim: int, hidden_dim: int = 64) -> None:
         super().__init__()
         check_int("feature_dim", feature_dim, minimum=1)

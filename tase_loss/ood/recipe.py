@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from tase_loss._validation import TemperatureLike, check_int, check_real
+from tase_loss._validation import TemperatureLike, check_int, check_real, renamed_keywords
 from tase_loss.estimators import ClusterSizeEstimator
 from tase_loss.guidance import Guidance
 from tase_loss.ood.domain import DomainHead, domain_discrimination_loss
@@ -147,6 +147,7 @@ class TwoStageOOD:
         (2, True)
     """
 
+    @renamed_keywords({"embedding_dim": "feature_dim"})
     def __init__(
         self,
         ood_data: Tensor,
@@ -381,6 +382,7 @@ class TwoStageOOD:
             self.guide.load_state_dict(state["guide"])
 
 
+@renamed_keywords({"embedding_dim": "feature_dim"})
 def train_two_stage(
     model: nn.Module,
     id_data: Tensor,
