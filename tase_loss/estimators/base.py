@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
@@ -10,6 +11,8 @@ from typing import ClassVar, Optional
 import numpy as np
 import torch
 from torch import Tensor
+
+from tase_loss._faiss import spherical_kmeans
 
 __all__ = ["FrequencyEstimate", "FrequencyEstimator"]
 
@@ -20,7 +23,11 @@ class FrequencyEstimate:
 
     Attributes:
         log_frequency: ``(n,)`` float64, ``log f_i <= 0``.
-        labels: ``(n,)`` int64 group ids, or ``None`` for an estimator without groups.
+        labels: ``(n,)`` int64 group ids in ``[0, num_groups)``. A clustering estimator's
+            frequency is its group's share; for the others (kNN density, momentum loss)
+            :meth:`FrequencyEstimator.estimate` adds FAISS spherical k-means groups
+            (:attr:`FrequencyEstimator.num_groups`), reported beside the estimate. ``None``
+            only inside an estimator's ``_estimate``.
         diagnostics: scalars describing the fit (its time, sizes, scales).
     """
 
@@ -42,6 +49,9 @@ class FrequencyEstimator(abc.ABC):
 
     minimum_samples: int = 2
 
+    num_groups: int = 10
+    """k-means groups given as labels when the estimator has no groups of its own."""
+
     def estimate(
         self,
         features: Tensor,
@@ -60,7 +70,8 @@ class FrequencyEstimator(abc.ABC):
             loss: ``(n,)`` float per-sample losses, for estimators with :attr:`uses_loss`.
 
         Returns:
-            A :class:`FrequencyEstimate` whose ``diagnostics`` include ``seconds``.
+            A :class:`FrequencyEstimate` with labels for every sample, whose
+            ``diagnostics`` include ``seconds``.
 
         Raises:
             ValueError: too few samples for this estimator, or missing losses.
@@ -75,6 +86,9 @@ class FrequencyEstimator(abc.ABC):
         started = time.perf_counter()
         points = np.ascontiguousarray(features.detach().to("cpu", torch.float32).numpy())
         estimate = self._estimate(points, seed, num_threads, loss)
+        if estimate.labels is None:
+            labels, _ = spherical_kmeans(points, min(self.num_groups, count), seed=seed, num_threads=num_threads)
+            estimate = dataclasses.replace(estimate, labels=torch.from_numpy(labels))
         estimate.diagnostics["seconds"] = time.perf_counter() - started
         return estimate
 
@@ -85,5 +99,5 @@ class FrequencyEstimator(abc.ABC):
         """The estimate for validated ``(n, D)`` float32 points."""
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if key != "minimum_samples")
+        options = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if key not in ("minimum_samples", "num_groups"))
         return f"{type(self).__name__}({options})"

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "OVERLAPS",
+    "SPREAD_ORDERS",
     "DataError",
     "LongTailedData",
     "group_classes",
@@ -378,9 +379,14 @@ def resize_images(data: LongTailedData, size: int) -> LongTailedData:
 
 
 OVERLAPS = {"low": 1.5, "moderate": 2.25, "high": 3.0}
-"""Noise scales of :func:`planted_mixture`, named by how much the classes overlap: the
-Bayes classifier (true means and priors) is right for about 100 %, 98 % and 91 % of the
-samples (measured for ``D = 64``, ratio 100)."""
+"""Noise scales of :func:`planted_mixture` at ``D = 64``, named by how much the classes
+overlap: with one spread for every class, the Bayes classifier (true means and priors) is
+right for about 100 %, 98 % and 91 % of the samples (ratio 100). Other dimensions scale
+the noise by ``(D / 64) ** 0.25``."""
+
+SPREAD_ORDERS = ("equal", "with", "against", "independent")
+"""How :func:`planted_mixture`'s per-class spread relates to class size: one spread for
+all; larger classes wider; larger classes tighter; drawn independently of size."""
 
 
 def planted_mixture(
@@ -390,12 +396,36 @@ def planted_mixture(
     ratio: float = 100.0,
     max_count: int = 2000,
     dim: int = 64,
+    *,
+    spread: str = "equal",
+    spread_ratio: float = 1.5,
+    subclusters: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A long-tailed mixture on the unit sphere whose class sizes are known.
 
     Class ``c`` has ``n_c`` points (exponential profile, :func:`long_tailed_counts`)
-    drawn as ``normalize(mu_c + sigma * g / sqrt(D))`` with random unit means ``mu_c``
-    and standard normal ``g``; ``sigma`` is :data:`OVERLAPS` ``[overlap]``.
+    drawn as ``normalize(m + sigma_c * g / sqrt(D))`` with standard normal ``g`` around a
+    mean ``m`` of the class: its random unit mean ``mu_c``, or with ``subclusters = S >
+    1`` one of ``S`` sub-means ``normalize(mu_c + 0.8 * h / sqrt(D))`` (``h`` standard
+    normal; the class's points split among them by Dirichlet(2) weights), so a class
+    region is several blobs. ``sigma_c = sigma * (D / 64) ** 0.25 * s_c`` with ``sigma``
+    = :data:`OVERLAPS` ``[overlap]`` and spread factors ``s_c`` spaced geometrically over
+    ``[spread_ratio ** -0.5, spread_ratio ** 0.5]``, assigned by ``spread``
+    (:data:`SPREAD_ORDERS`): all ``1`` (``"equal"``), the widest to the largest class
+    (``"with"``), the tightest to the largest class (``"against"``), or shuffled
+    (``"independent"``). Density is not count on such data: a wider class is sparser
+    whatever its size.
+
+    Args:
+        seed: seed of every random draw.
+        overlap: a key of :data:`OVERLAPS`.
+        num_classes: ``C``.
+        ratio: largest over smallest class size.
+        max_count: size of the largest class.
+        dim: ``D``.
+        spread: a name of :data:`SPREAD_ORDERS`.
+        spread_ratio: widest over tightest class spread, ``>= 1``.
+        subclusters: blobs per class, ``>= 1``.
 
     Returns:
         ``(points, labels)``: ``(N, D)`` float32 unit rows, shuffled, and ``(N,)`` int64.
@@ -404,15 +434,37 @@ def planted_mixture(
         >>> points, labels = planted_mixture(0, "moderate", max_count=100)
         >>> points.shape, np.bincount(labels).tolist()
         ((242, 64), [100, 59, 35, 21, 12, 7, 4, 2, 1, 1])
+        >>> planted_mixture(0, spread="against", subclusters=3, max_count=100)[0].shape
+        (242, 64)
     """
     if overlap not in OVERLAPS:
         raise ValueError(f"overlap must be one of {sorted(OVERLAPS)}, got {overlap!r}")
+    if spread not in SPREAD_ORDERS:
+        raise ValueError(f"spread must be one of {list(SPREAD_ORDERS)}, got {spread!r}")
+    if not spread_ratio >= 1.0:
+        raise ValueError(f"spread_ratio must be >= 1, got {spread_ratio!r}")
+    if isinstance(subclusters, bool) or not isinstance(subclusters, int) or subclusters < 1:
+        raise ValueError(f"subclusters must be an integer >= 1, got {subclusters!r}")
     generator = np.random.default_rng(seed)
     counts = long_tailed_counts(max_count, num_classes, ratio)
     means = generator.standard_normal((num_classes, dim))
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     labels = np.repeat(np.arange(num_classes), counts)
-    points = means[labels] + OVERLAPS[overlap] * generator.standard_normal((labels.size, dim)) / np.sqrt(dim)
+    factors = np.ones(num_classes)
+    if spread != "equal" and num_classes > 1:
+        # descending: class 0, the largest, gets the widest spread
+        factors = spread_ratio ** np.linspace(0.5, -0.5, num_classes)
+        factors = {"with": factors, "against": factors[::-1], "independent": generator.permutation(factors)}[spread]
+    centers = means[labels]
+    if subclusters > 1:
+        offsets = means[:, None, :] + 0.8 * generator.standard_normal((num_classes, subclusters, dim)) / np.sqrt(dim)
+        offsets /= np.linalg.norm(offsets, axis=2, keepdims=True)
+        blob = np.concatenate(
+            [generator.choice(subclusters, count, p=generator.dirichlet(np.full(subclusters, 2.0))) for count in counts]
+        )
+        centers = offsets[labels, blob]
+    sigma = OVERLAPS[overlap] * (dim / 64) ** 0.25 * factors[labels, None]
+    points = centers + sigma * generator.standard_normal((labels.size, dim)) / np.sqrt(dim)
     points /= np.linalg.norm(points, axis=1, keepdims=True)
     order = generator.permutation(labels.size)
     return points[order].astype(np.float32), labels[order].astype(np.int64)
