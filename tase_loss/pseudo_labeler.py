@@ -280,8 +280,7 @@ class PseudoLabeler:
         )
         self.log_frequency[seen_index] = blended
         self.has_estimate[seen_index] = True
-        if result.labels is not None:
-            self.labels[seen_index] = result.labels
+        self.labels[seen_index] = result.labels
         self.num_estimates += 1
         self.last_diagnostics = dict(result.diagnostics)
         self._refresh()
@@ -305,6 +304,37 @@ class PseudoLabeler:
         estimates = self.log_frequency[self.has_estimate]
         self._reference = FrequencyReference.of_log(estimates) if estimates.numel() else None
         self._version += 1
+
+    @property
+    def group_sizes(self) -> Tensor:
+        """``(G,)`` int64 sizes of the latest estimate's groups (:attr:`labels`), empty before it.
+
+        ``labels[i]`` is sample ``i``'s group: every estimator gives one (a clustering
+        estimator the groups whose share is the frequency, the others FAISS k-means
+        groups beside their estimate); ``-1`` marks samples never estimated. Labels are
+        in :meth:`state_dict` and, when gathering, identical on every rank.
+        """
+        labelled = self.labels[self.labels >= 0]
+        return torch.bincount(labelled) if labelled.numel() else torch.zeros(0, dtype=torch.int64)
+
+    def summary(self) -> dict[str, float]:
+        """Scalars describing the latest estimate, for a logger; empty before the first.
+
+        Keys: ``num_groups`` (non-empty groups), ``largest_group_share``,
+        ``smallest_group_share``, ``log_frequency_span`` (``log_max - log_min``).
+        """
+        if not self.is_fitted:
+            return {}
+        sizes = self.group_sizes
+        sizes = sizes[sizes > 0].to(torch.float64)
+        reference = self.frequency_reference()
+        total = float(sizes.sum()) if sizes.numel() else 1.0
+        return {
+            "num_groups": float(sizes.numel()),
+            "largest_group_share": float(sizes.max()) / total if sizes.numel() else 0.0,
+            "smallest_group_share": float(sizes.min()) / total if sizes.numel() else 0.0,
+            "log_frequency_span": reference.log_max - reference.log_min,
+        }
 
     def frequency_reference(self) -> FrequencyReference:
         """The dataset's log-frequency statistics (geometric mean, minimum, maximum)."""

@@ -79,10 +79,15 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str, float]]:
-    """Epoch callback: how well the method's fresh frequency estimates follow the classes."""
+def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str, Any]]:
+    """Epoch callback: how well the method's fresh frequency estimates follow the classes.
 
-    def measure(epoch: int, method: Method) -> dict[str, float]:
+    Beside :func:`frequency_quality`'s scores: the estimate's groups (``num_groups``,
+    ``group_sizes`` largest first) and their ``purity`` against the true classes (the
+    share of samples in their group's majority class).
+    """
+
+    def measure(epoch: int, method: Method) -> dict[str, Any]:
         labeler = method.labeler
         if labeler is None or not labeler.is_fitted or not labeler.should_estimate(epoch):
             return {}
@@ -90,7 +95,16 @@ def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str,
         quality = frequency_quality(
             labeler.log_frequency_table().numpy(), data.y_train, data.groups, labels if (labels >= 0).all() else None
         )
-        return {name: value for name, value in quality.items() if value is not None}
+        record: dict[str, Any] = {name: value for name, value in quality.items() if value is not None}
+        if (labels >= 0).all():
+            sizes = np.bincount(labels)
+            majority = sum(np.bincount(data.y_train[labels == group]).max() for group in np.flatnonzero(sizes))
+            record.update(
+                num_groups=int((sizes > 0).sum()),
+                group_sizes=sorted(sizes[sizes > 0].tolist(), reverse=True),
+                purity=float(majority / labels.size),
+            )
+        return record
 
     return measure
 
