@@ -55,9 +55,24 @@ def test_callback_estimates_after_the_warmup_and_the_loss_then_uses_it():
     assert labeler.num_estimates == 3 and labeler.bank.num_seen == 96
     # 3 batches per epoch: NT-Xent in epoch 0, TASE from epoch 1 on
     assert module.seen_guided == [False] * 3 + [True] * 6
+    logged = module.trainer.callback_metrics
+    assert float(logged["tase/num_groups"]) == float((labeler.group_sizes > 0).sum())
+    assert float(logged["tase/log_frequency_span"]) == pytest.approx(labeler.summary()["log_frequency_span"])
 
 
 def test_training_that_ends_inside_the_warmup_warns():
-    with pytest.warns(UserWarning, match="inside the pseudo-labeler's warm-up of 5"):
+    with pytest.warns(UserWarning, match="inside the pseudo-labeler's warm-up of 5") as caught:
         labeler, _ = _fit(epochs=2, warmup_epochs=5)
     assert not labeler.is_fitted
+    messages = [str(warning.message) for warning in caught]
+    # once before training (from max_epochs), once at its end
+    assert any(message.startswith("Trainer(max_epochs=2) ends inside") for message in messages), messages
+    assert any(message.startswith("training ended after") for message in messages), messages
+
+
+def test_a_run_long_enough_for_the_warmup_does_not_warn_up_front():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labeler, _ = _fit(epochs=2, warmup_epochs=2)
+    assert labeler.is_fitted
+    assert not [w for w in caught if "warm-up" in str(w.message)]

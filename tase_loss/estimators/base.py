@@ -99,5 +99,5 @@ class FrequencyEstimator(abc.ABC):
         """The estimate for validated ``(n, D)`` float32 points."""
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if key not in ("minimum_samples", "num_groups"))
+        options = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if key != "minimum_samples")
         return f"{type(self).__name__}({options})"

@@ -12,6 +12,7 @@ callback stores them.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
@@ -39,16 +40,25 @@ class PseudoLabelerCallback(Callback):
             raise TypeError(f"pseudo_labeler must be a PseudoLabeler, got {type(pseudo_labeler).__name__}")
         self.pseudo_labeler = pseudo_labeler
 
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        """Warn before training when ``max_epochs`` ends inside the warm-up: TASE would never act."""
+        max_epochs = getattr(trainer, "max_epochs", None)
+        if isinstance(max_epochs, int) and 0 < max_epochs < self.pseudo_labeler.warmup_epochs:
+            warnings.warn(
+                f"Trainer(max_epochs={max_epochs}) ends inside the pseudo-labeler's warm-up of "
+                f"{self.pseudo_labeler.warmup_epochs} epochs: no frequency estimate will be made and TASE "
+                f"will train plain NT-Xent; pass PseudoLabeler(warmup_epochs=...) below {max_epochs + 1}",
+                stacklevel=2,
+            )
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if isinstance(outputs, dict) and "index" in outputs and "features" in outputs:
             self.pseudo_labeler.update(outputs["index"], outputs["features"], outputs.get("per_sample_loss"))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.pseudo_labeler.end_epoch(trainer.current_epoch):
-            pl_module.log_dict(
-                {f"tase/{name}": value for name, value in self.pseudo_labeler.last_diagnostics.items()},
-                on_epoch=True,
-            )
+            scalars = {**self.pseudo_labeler.last_diagnostics, **self.pseudo_labeler.summary()}
+            pl_module.log_dict({f"tase/{name}": value for name, value in scalars.items()}, on_epoch=True)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.pseudo_labeler.warn_if_unfitted(trainer.current_epoch)
