@@ -1,4 +1,4 @@
-"""Compile-only check of the CUDA kernel: nvcc must turn tase_loss/csrc/cuda/*.cu into an object.
+"""Compile-only check of the CUDA kernel: nvcc must turn csrc/cuda/*.cu into an object.
 
 CI has nvcc but no GPU and a CPU-only torch wheel, so nothing can be linked or run; this
 catches syntax, template and header errors against torch's headers. The CPU wheel lacks
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="90", help="SM architecture, e.g. 80 or 90")
     arguments = parser.parse_args()
-    build = runpy.run_path(str(REPO / "tase_loss" / "_build.py"))
+    build = runpy.run_path(str(REPO / "tase_loss" / "ops" / "_build.py"))
     nvcc_flags = build["extension_arguments"](torch.__version__, True)["extra_compile_args"]["nvcc"]
     includes = [*cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
     with tempfile.TemporaryDirectory() as scratch:
@@ -53,7 +53,7 @@ def main() -> None:
             includes.insert(0, str(Path(scratch) / "include"))
         for source in build["CUDA_SOURCES"]:
             command = [
-                find_nvcc(), "-c", str(build["SOURCE_ROOT"] / source), "-o", str(Path(scratch) / "kernel.o"),
+                find_nvcc(), "-c", str(build["source_root"]() / source), "-o", str(Path(scratch) / "kernel.o"),
                 "-std=c++20", "-Xcompiler", "-fPIC",
                 f"-gencode=arch=compute_{arguments.arch},code=sm_{arguments.arch}",
                 *cpp_extension.COMMON_NVCC_FLAGS, *nvcc_flags,

@@ -12,10 +12,10 @@ name          what runs
 plain         six lines of plain PyTorch NT-Xent (normalize, ``Z @ Z.T / t``,
               ``-inf`` on the diagonal, ``F.cross_entropy``): what a user would
               write; the baseline of every ratio
-reference     ``tase_loss.reference.contrastive_rows_reference`` called directly
+reference     ``tase_loss.ops.reference.contrastive_rows_reference`` called directly
               (the materialized ``2B x 2B`` path, forced even when the fused op
               is built)
-chunked       ``tase_loss.reference.contrastive_rows_chunked`` (row blocks,
+chunked       ``tase_loss.ops.chunked.contrastive_rows_chunked`` (row blocks,
               memory linear in ``B``), forced at every size
 fused         ``tase_loss.ops.contrastive_rows_fused`` with the same arguments
               (skipped until the compiled extension is built)
@@ -83,13 +83,13 @@ def _nt_xent_through(kernel: RowKernel, temperature: float) -> LossFunction:
 
 
 def _reference_kernel(*arguments: Tensor) -> Tensor:
-    from tase_loss.reference import contrastive_rows_reference
+    from tase_loss.ops.reference import contrastive_rows_reference
 
     return contrastive_rows_reference(*arguments)
 
 
 def _chunked_kernel(*arguments: Tensor) -> Tensor:
-    from tase_loss.reference import contrastive_rows_chunked
+    from tase_loss.ops.chunked import contrastive_rows_chunked
 
     # The rows only enter a mean here, as in the losses.
     return contrastive_rows_chunked(*arguments, uniform_grad=True)
@@ -111,11 +111,11 @@ def _build_plain(temperature: float) -> LossFunction:
 
 def _fused_unavailable() -> Optional[str]:
     try:
-        from tase_loss import _extension, ops  # noqa: F401
+        from tase_loss.ops import _extension
     except ImportError as error:
         return f"tase_loss has no fused op on this branch ({error})"
     if not _extension.has_ext():
-        return "the compiled extension of tase_loss is not built (tase_loss._extension.has_ext() is False)"
+        return "the compiled extension of tase_loss is not built (tase_loss.ops._extension.has_ext() is False)"
     return None
 
 

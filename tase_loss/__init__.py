@@ -29,6 +29,7 @@ from tase_loss.estimators import (
 from tase_loss.functional import byol_loss, moco_loss, nt_xent_loss, nt_xent_target_loss, simsiam_loss
 from tase_loss.guidance import FrequencyWeights, Guidance
 from tase_loss.loss import TASEContrastiveLoss, TASECosineLoss
+from tase_loss.ops import Backend, backend_info
 from tase_loss.pseudo_labeler import FrequencyReference, NotFittedError, PseudoLabeler
 from tase_loss.reweighting import SampleReweighter, TemperatureMap
 from tase_loss.rwsam import RwSAM, frozen_batch_norm, rwsam_step
@@ -73,6 +74,7 @@ if not any(isinstance(finder, _RemovedModuleFinder) for finder in sys.meta_path)
 
 __all__ = [
     "DEFAULT_ESTIMATOR",
+    "Backend",
     "ClusterSizeEstimator",
     "CosineTemperatureSchedule",
     "FeatureBank",
@@ -92,6 +94,7 @@ __all__ = [
     "TASEContrastiveLoss",
     "TASECosineLoss",
     "TemperatureMap",
+    "backend_info",
     "build_estimator",
     "byol_loss",
     "frozen_batch_norm",

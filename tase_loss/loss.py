@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from tase_loss import functional
+from tase_loss import functional, ops
 from tase_loss._validation import (
     TemperatureLike,
     check_base_temperature,
@@ -226,6 +226,7 @@ class TASEContrastiveLoss(_GuidedLoss):
         self.queue_size = queue_size
         self.gather_distributed = bool(gather_distributed)
         self.queue = KeyQueue(queue_size, feature_dim) if queue_size > 0 else None
+        self._backend: Optional[ops.Backend] = None  # what the latest eager call ran, for the repr
 
     def set_temperature(self, temperature: float) -> None:
         """Set the base temperature: NT-Xent's and, with a labeler, the map's ``t_base``.
@@ -311,6 +312,8 @@ class TASEContrastiveLoss(_GuidedLoss):
             )
         else:
             loss = self._moco_forward(out0, out1, temperature, weight, reduction)
+        if not torch.compiler.is_compiling():
+            self._backend = ops.last_backend()
         per_sample_loss = None
         if wants_rows:
             per_sample_loss = _per_sample_of_rows(loss, weight, 2 if self.queue_size == 0 else 1)
@@ -342,7 +345,8 @@ class TASEContrastiveLoss(_GuidedLoss):
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, reduction={self.reduction!r}, "
-            f"queue_size={self.queue_size}, gather_distributed={self.gather_distributed}"
+            f"queue_size={self.queue_size}, gather_distributed={self.gather_distributed}, "
+            f"backend={self._backend or 'unknown until the first call'}"
         )
 
 

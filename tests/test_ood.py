@@ -29,7 +29,7 @@ from tase_loss.ood import (
 )
 from tase_loss.ood.multi_positive import label_targets
 from tase_loss.ood.sampler import cluster_centroids
-from tase_loss.reference import contrastive_rows_reference, contrastive_targets_reference
+from tase_loss.ops.reference import contrastive_rows_reference, contrastive_targets_reference
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""The fused op (tase_loss.ops) against the reference path, the loop oracle and gradcheck.
+"""The fused op (tase_loss.ops.fused) against the reference path, the loop oracle and gradcheck.
 
 Skipped when the extension is not built, unless TASE_LOSS_REQUIRE_EXT=1 (CI), where a
 missing or mismatched build fails at import instead.
@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tase_loss import _extension
+from tase_loss.ops import _extension
 
 if not _extension.has_ext():
     pytest.skip(f"extension not built: {_extension.load_error()}", allow_module_level=True)
 
 from oracles import row_losses_loop
 
-from tase_loss.functional import rows as dispatch
+from tase_loss import ops as dispatch
 from tase_loss.ops import contrastive_rows_fused, has_kernel, is_applicable
-from tase_loss.reference import contrastive_rows_reference
+from tase_loss.ops.reference import contrastive_rows_reference
 
 F64 = torch.float64
 assert has_kernel("cpu")  # loads the op and registers its autograd formulas and fakes
@@ -249,7 +249,8 @@ def test_dispatch_uses_the_fused_op(monkeypatch):
 
 _LOSSES_SCRIPT = r"""
 import json, sys, torch
-from tase_loss import TASEContrastiveLoss, moco_loss, nt_xent_loss, _extension
+from tase_loss import TASEContrastiveLoss, moco_loss, nt_xent_loss
+from tase_loss.ops import _extension
 generator = torch.Generator().manual_seed(0)
 out0 = torch.randn(10, 6, generator=generator).requires_grad_()
 out1 = torch.randn(10, 6, generator=generator).requires_grad_()
@@ -358,7 +359,7 @@ def test_build_for_another_torch_is_refused_with_the_reason():
     script = (
         "import torch\n"
         "torch.__version__ = '0.0.1'\n"  # pretend the running torch differs from the build's
-        "from tase_loss import _extension\n"
+        "from tase_loss.ops import _extension\n"
         "print(_extension.has_ext(), _extension.load_error())\n"
     )
     completed = subprocess.run(

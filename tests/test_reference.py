@@ -1,12 +1,15 @@
 """The pure-PyTorch rows (materialized and chunked) against the float64 loop oracle; dispatch."""
 
+import importlib
+
 import pytest
 import torch
 from oracles import row_losses_loop
 
 from tase_loss import functional
-from tase_loss.functional import rows as dispatch
-from tase_loss.reference import contrastive_rows_chunked, contrastive_rows_reference
+from tase_loss import ops as dispatch
+from tase_loss.ops.chunked import contrastive_rows_chunked
+from tase_loss.ops.reference import contrastive_rows_reference
 
 F64 = torch.float64
 
@@ -118,7 +121,7 @@ def test_half_inputs_chunked_equal_materialized_in_the_same_dtype(dtype):
 
 
 def test_dispatch_order_fused_then_chunked_then_materialized(monkeypatch):
-    """The one dispatch of functional.contrastive_rows, documented in its docstring."""
+    """The one dispatch of ops.contrastive_rows, documented in its docstring."""
     called = []
 
     def spy(name, result_of):
@@ -132,13 +135,13 @@ def test_dispatch_order_fused_then_chunked_then_materialized(monkeypatch):
     monkeypatch.setattr(dispatch, "contrastive_rows_chunked", spy("chunked", contrastive_rows_reference))
     monkeypatch.setattr(dispatch, "contrastive_rows_reference", spy("materialized", contrastive_rows_reference))
     case = tuple(t.detach() if t.is_floating_point() else t for t in _case(8, 8, 4))
-    monkeypatch.setattr(dispatch, "is_applicable", lambda q, k: True)
+    monkeypatch.setattr(dispatch, "missing_kernel", lambda device_type, dtype: None)
     monkeypatch.setattr(dispatch, "FUSED_ABOVE_ON_CPU", 63)
     dispatch.contrastive_rows(*case)  # the op: 64 logits > 63
     monkeypatch.setattr(dispatch, "FUSED_ABOVE_ON_CPU", 64)
     monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 64)
     dispatch.contrastive_rows(*case)  # too small for the op on the CPU: materialized
-    monkeypatch.setattr(dispatch, "is_applicable", lambda q, k: False)
+    monkeypatch.setattr(dispatch, "missing_kernel", lambda device_type, dtype: "no kernel (test)")
     monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 63)
     dispatch.contrastive_rows(*case)  # 8 x 8 = 64 logits > 63
     monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 64)
@@ -152,7 +155,7 @@ def test_nt_xent_through_the_chunked_path_equals_the_materialized(monkeypatch):
     )
     temperature = torch.rand(12, dtype=F64) * 0.3 + 0.05
     weight = torch.rand(12, dtype=F64)
-    monkeypatch.setattr(dispatch, "is_applicable", lambda q, k: False)
+    monkeypatch.setattr(dispatch, "missing_kernel", lambda device_type, dtype: "no kernel (test)")
     expected = functional.nt_xent_loss(out0, out1, temperature, weight)
     expected_grads = torch.autograd.grad(expected, [out0, out1])
     monkeypatch.setattr(dispatch, "CHUNKED_ABOVE", 0)
@@ -160,3 +163,22 @@ def test_nt_xent_through_the_chunked_path_equals_the_materialized(monkeypatch):
     torch.testing.assert_close(chunked, expected, rtol=1e-12, atol=1e-12)
     for actual, wanted in zip(torch.autograd.grad(chunked, [out0, out1]), expected_grads):
         torch.testing.assert_close(actual, wanted, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "old,name,new",
+    [
+        ("tase_loss.reference", "contrastive_rows_reference", "tase_loss.ops.reference"),
+        ("tase_loss.reference", "contrastive_targets_reference", "tase_loss.ops.reference"),
+        ("tase_loss.reference", "contrastive_rows_chunked", "tase_loss.ops.chunked"),
+        ("tase_loss.chunked", "ChunkedRows", "tase_loss.ops.chunked"),
+        ("tase_loss.chunked", "default_block_rows", "tase_loss.ops.chunked"),
+    ],
+)
+def test_former_module_paths_warn_and_name_the_new_one(old, name, new):
+    module = importlib.import_module(old)
+    with pytest.warns(DeprecationWarning, match=rf"moved to {new}\.{name}"):
+        value = getattr(module, name)
+    assert value is getattr(importlib.import_module(new), name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = module.no_such_name

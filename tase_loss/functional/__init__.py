@@ -1,7 +1,7 @@
 """The TASE losses as functions: validate, compute per-row losses, reduce.
 
 Every contrastive loss here is one weighted, per-anchor-temperature softmax
-cross-entropy over rows (see :mod:`tase_loss.reference` for the exact contract):
+cross-entropy over rows (see :mod:`tase_loss.ops` for the exact contract):
 
     l_a = -s_{a,p(a)} / t_a + log sum_{k != a} exp(s_{a,k} / t_a)
     L   = sum_a w_a l_a / sum_a w_a            (reduction "mean")

@@ -133,7 +133,7 @@ def nt_xent_target_loss(
     excludes itself, sample ``b``'s temperature and weight apply to both its views)
     with row ``a``'s positive replaced by ``target[a]``, and optional per-pair
     repulsion strengths in the denominator (see
-    :func:`tase_loss.reference.contrastive_targets_reference`). A target that is
+    :func:`tase_loss.ops.reference.contrastive_targets_reference`). A target that is
     one-hot on each row's other view is :func:`nt_xent_loss`; labels give SupCon.
 
     Args:

@@ -1,4 +1,10 @@
-"""The rows under every contrastive loss: one dispatch, the weighted reduction, shared checks."""
+"""The weighted reduction and the checks shared by the contrastive losses.
+
+The rows themselves and their one dispatch live in :mod:`tase_loss.ops`
+(:func:`~tase_loss.ops.contrastive_rows`, :func:`~tase_loss.ops.contrastive_targets` and
+the thresholds :data:`~tase_loss.ops.CHUNKED_ABOVE`, :data:`~tase_loss.ops.FUSED_ABOVE_ON_CPU`);
+they are imported here for :mod:`tase_loss.functional`'s public names.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,7 @@ from torch import Tensor
 from tase_loss import distributed
 from tase_loss._numerics import accumulation_dtype
 from tase_loss._validation import TemperatureLike, check_reduction, check_temperature, check_weight
-from tase_loss.ops import contrastive_rows_fused, is_applicable
-from tase_loss.reference import (
-    contrastive_rows_chunked,
-    contrastive_rows_reference,
-    contrastive_targets_reference,
-)
+from tase_loss.ops import CHUNKED_ABOVE, FUSED_ABOVE_ON_CPU, contrastive_rows, contrastive_targets
 
 __all__ = [
     "CHUNKED_ABOVE",
@@ -25,74 +26,6 @@ __all__ = [
     "reduce_per_sample",
     "weighted_reduce",
 ]
-
-
-CHUNKED_ABOVE = 1 << 22
-"""Logits (``M * N``) above which the pure-PyTorch path runs in row blocks: from there the
-chunked rows are also the faster ones (2 CPU cores: 0.6x the materialized time at
-M = N = 4096 with a mean, 0.84x without; equal at 2048; benchmarks/README.md)."""
-
-FUSED_ABOVE_ON_CPU = 1 << 18
-"""Logits above which the compiled op runs on the CPU; below, its fixed costs lose to the
-materialized rows (1.4x their time at M = N = 128, equal at 512; benchmarks/README.md).
-Other devices use the op at every size (not measured yet)."""
-
-
-def contrastive_rows(
-    queries: Tensor,
-    keys: Tensor,
-    positive_index: Tensor,
-    self_index: Tensor,
-    inverse_temperature: Tensor,
-    weight: Tensor,
-    *,
-    uniform_grad: bool = False,
-) -> Tensor:
-    """Weighted per-row losses ``w_a * l_a``, shape ``(M,)``, without validation.
-
-    The building block under every contrastive loss of the library; the arguments
-    follow :func:`tase_loss.reference.contrastive_rows_reference`. The one place that
-    picks a path, in this order:
-
-    1. the fused op (:mod:`tase_loss.ops`; tiles, never the ``(M, N)`` matrix) when the
-       extension is built and has a kernel for the device, on the CPU only above
-       :data:`FUSED_ABOVE_ON_CPU` logits ``M * N``;
-    2. the chunked pure-PyTorch rows (:func:`tase_loss.reference.contrastive_rows_chunked`,
-       memory linear in ``M + N``) when ``M * N`` exceeds :data:`CHUNKED_ABOVE`;
-    3. the materialized pure-PyTorch rows otherwise.
-
-    All agree within the dtype's tolerance. ``uniform_grad`` promises that the rows only
-    enter a sum or mean (see :func:`tase_loss.ops.contrastive_rows_fused`).
-    """
-    arguments = (queries, keys, positive_index, self_index, inverse_temperature, weight)
-    logits = queries.shape[0] * keys.shape[0]
-    if is_applicable(queries, keys) and (queries.device.type != "cpu" or logits > FUSED_ABOVE_ON_CPU):
-        return contrastive_rows_fused(*arguments, uniform_grad=uniform_grad)
-    if logits > CHUNKED_ABOVE:
-        return contrastive_rows_chunked(*arguments, uniform_grad=uniform_grad)
-    return contrastive_rows_reference(*arguments)
-
-
-def contrastive_targets(
-    queries: Tensor,
-    keys: Tensor,
-    target: Tensor,
-    self_index: Tensor,
-    inverse_temperature: Tensor,
-    weight: Tensor,
-    pair_weight: Optional[Tensor] = None,
-) -> Tensor:
-    """Weighted per-row losses against target distributions, ``(M,)``, unvalidated.
-
-    The multi-positive sibling of :func:`contrastive_rows`; the arguments follow
-    :func:`tase_loss.reference.contrastive_targets_reference`. It always runs the
-    materialized reference: the fused op takes one positive index per row, so it
-    covers this only by repeating each row once per positive (see ``docs/ood.md``).
-    """
-    loss, _ = contrastive_targets_reference(
-        queries, keys, target, self_index, inverse_temperature, weight, pair_weight
-    )
-    return loss
 
 
 def weighted_reduce(

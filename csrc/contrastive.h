@@ -1,6 +1,6 @@
 // Shared declarations of the fused temperature-scaled softmax cross-entropy op.
 //
-// Contract (see tase_loss/reference.py, the pure-PyTorch twin):
+// Contract (see tase_loss/ops/reference.py, the pure-PyTorch twin):
 //   s[a, k]  = <queries[a], keys[k]>
 //   z[a, k]  = inverse_temperature[a] * s[a, k]
 //   lse[a]   = log sum_{k != self_index[a]} exp(z[a, k])       (self_index -1: no exclusion)

@@ -1,8 +1,9 @@
 """The only code that touches ``torch.ops.tase_loss``: the fused contrastive-rows op.
 
-The op family (schema in ``csrc/contrastive.cpp``, kernels in ``csrc/cpu`` and
-``csrc/cuda``) computes :func:`tase_loss.reference.contrastive_rows_reference`'s rows tile
-by tile, never materializing the ``(M, N)`` logit matrix:
+The op family (schema in ``csrc/contrastive.cpp`` at the repository's top level, kernels
+in ``csrc/cpu`` and ``csrc/cuda``) computes
+:func:`tase_loss.ops.reference.contrastive_rows_reference`'s rows tile by tile, never
+materializing the ``(M, N)`` logit matrix:
 
 - ``contrastive_forward`` -> ``(loss, lse)``; its backward recomputes the rows
   (four GEMMs in forward + backward).
@@ -25,10 +26,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from tase_loss import _extension
 from tase_loss._numerics import accumulation_dtype
+from tase_loss.ops import _extension
 
-__all__ = ["contrastive_rows_fused", "is_applicable"]
+__all__ = ["contrastive_rows_fused", "has_kernel", "is_applicable", "missing_kernel"]
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FORWARD = "tase_loss::contrastive_forward"
@@ -60,25 +61,45 @@ def has_kernel(device_type: str) -> bool:
     return device_type in _load()
 
 
-def is_applicable(queries: Tensor, keys: Tensor) -> bool:
-    """Whether :func:`contrastive_rows_fused` can run on these embeddings.
+def missing_kernel(device_type: str, dtype: torch.dtype) -> Optional[str]:
+    """Why the fused op cannot run on ``device_type`` in ``dtype``, or ``None`` when it can.
 
-    True when the extension is loaded, both are 2-D of one supported dtype (float16,
-    bfloat16, float32, float64) on one device, and the op has a kernel for that device.
+    The extension is loaded at the first call (see :func:`has_kernel`); without it the
+    answer names :func:`tase_loss.ops._extension.load_error`'s reason.
 
     Example:
         >>> import torch
-        >>> from tase_loss import _extension
+        >>> missing_kernel("cpu", torch.int64)
+        'the compiled op has no kernel for torch.int64'
+    """
+    if dtype not in _SUPPORTED_DTYPES:
+        return f"the compiled op has no kernel for {dtype}"
+    if has_kernel(device_type):
+        return None
+    if not _extension.has_ext():
+        return f"extension not used: {_extension.load_error()}"
+    return f"the extension was built without a {device_type} kernel"
+
+
+def is_applicable(queries: Tensor, keys: Tensor) -> bool:
+    """Whether :func:`contrastive_rows_fused` can run on these embeddings.
+
+    True when both are 2-D, of one dtype on one device, and :func:`missing_kernel`
+    finds nothing missing (the extension is loaded and has a kernel for that device and
+    dtype: float16, bfloat16, float32 or float64).
+
+    Example:
+        >>> import torch
+        >>> from tase_loss.ops import _extension
         >>> is_applicable(torch.randn(4, 8), torch.randn(6, 8)) == _extension.has_ext()
         True
     """
     return (
-        has_kernel(queries.device.type)
-        and queries.dim() == 2
+        queries.dim() == 2
         and keys.dim() == 2
-        and queries.dtype in _SUPPORTED_DTYPES
         and keys.dtype == queries.dtype
         and queries.device == keys.device
+        and missing_kernel(queries.device.type, queries.dtype) is None
     )
 
 
@@ -95,7 +116,7 @@ def contrastive_rows_fused(
     """Weighted per-row losses ``w_a * l_a`` from the fused op, shape ``(M,)``.
 
     Same contract and arguments as
-    :func:`tase_loss.reference.contrastive_rows_reference`; differentiable in
+    :func:`tase_loss.ops.reference.contrastive_rows_reference`; differentiable in
     ``queries``, ``keys``, ``inverse_temperature`` and ``weight``. Requires
     :func:`is_applicable`; inputs are not validated here.
 
@@ -111,7 +132,7 @@ def contrastive_rows_fused(
 
     Example:
         >>> import torch
-        >>> from tase_loss.reference import contrastive_rows_reference
+        >>> from tase_loss.ops.reference import contrastive_rows_reference
         >>> if is_applicable(torch.ones(1, 1), torch.ones(1, 1)):
         ...     q = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
         ...     rows = torch.arange(6)

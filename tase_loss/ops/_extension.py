@@ -1,16 +1,18 @@
 """The only code that imports the compiled module ``tase_loss._C``.
 
 Importing ``_C`` registers ``torch.ops.tase_loss`` (the fused contrastive-rows op). The
-extension is optional: without it every loss runs the pure-PyTorch reference path.
+extension is optional: without it every loss runs pure PyTorch;
+:func:`tase_loss.backend_info` says which path runs and why.
 
 Environment variables (read once, at the first :func:`has_ext` call):
 
-- ``TASE_LOSS_DISABLE_EXT=1``: never load it; the reference path is used.
+- ``TASE_LOSS_DISABLE_EXT=1``: never load it; the pure-PyTorch paths are used.
 - ``TASE_LOSS_REQUIRE_EXT=1``: raise ``RuntimeError`` with the reason when it cannot be
   used, instead of falling back silently (CI sets it for the op tests).
 - ``TASE_LOSS_JIT=1``: when no built ``_C`` is importable, compile it on first use with
-  ``torch.utils.cpp_extension.load`` from the sources shipped in the package
-  (``tase_loss/csrc``), cached in ``TASE_LOSS_JIT_CACHE`` (default
+  ``torch.utils.cpp_extension.load`` from the C++ sources (``tase_loss/ops/csrc`` in an
+  installed copy, ``csrc/`` in a source checkout; see
+  :func:`tase_loss.ops._build.source_root`), cached in ``TASE_LOSS_JIT_CACHE`` (default
   ``~/.cache/tase_loss/<torch version>``); one line on stderr says so while it compiles.
 """
 
@@ -25,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from tase_loss import _build
+from tase_loss.ops import _build
 
 __all__ = ["has_ext", "load_error"]
 
@@ -44,16 +46,11 @@ def _flag(name: str) -> bool:
 
 
 def _jit_compile() -> ModuleType:
-    """Compile ``_C`` from the package's ``csrc/`` into a cached build directory."""
+    """Compile ``_C`` from the C++ sources into a cached build directory."""
     from torch.utils import cpp_extension
 
     with_cuda = _build.wants_cuda(torch)
     sources = _build.sources(with_cuda)
-    missing = [path for path in sources if not Path(path).is_file()]
-    if missing:
-        raise ImportError(
-            f"the JIT build needs the package's C++ sources; missing {missing}"
-        )
     default_cache = Path.home() / ".cache" / "tase_loss" / torch.__version__
     build_directory = Path(os.environ.get(JIT_CACHE_VARIABLE, default_cache))
     build_directory.mkdir(parents=True, exist_ok=True)

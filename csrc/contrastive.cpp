@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_w
     RowPass pass, const RowInputs& inputs, bool grad_keys) {
   const auto accumulate = accumulation_type(inputs.queries.scalar_type());
   auto weight = inputs.weight.to(accumulate).contiguous();
-  // The gradient for grad_loss == 1 on every row. The caller (tase_loss/ops.py) scales it
+  // The gradient for grad_loss == 1 on every row. The caller (tase_loss/ops/fused.py) scales it
   // by the actual grad_loss when it knows that one is uniform (a mean or sum of the rows),
   // so such a loss costs the three GEMMs Q K^T, P K and P^T Q, not four.
   auto result = pass(inputs, weight, at::Tensor(), grad_keys);
