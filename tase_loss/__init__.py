@@ -23,6 +23,7 @@ from tase_loss.estimators import (
     KNNDensityEstimator,
     MergedClusterEstimator,
     MomentumLossEstimator,
+    StableCountEstimator,
     build_estimator,
     knn_log_density,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "KNNDensityEstimator",
     "MergedClusterEstimator",
     "MomentumLossEstimator",
+    "StableCountEstimator",
     "NotFittedError",
     "PseudoLabeler",
     "RwSAM",

@@ -17,6 +17,10 @@ interface, :meth:`FrequencyEstimator.estimate`, and is selected by name
   scaled by the data's intrinsic dimension so that differences in ``log f`` are nats of
   density (a class ``r`` times more frequent is ``log r`` denser when classes have alike
   shapes), smoothed along the mutual-kNN graph, whose edges rarely cross classes.
+- ``"stable-count"`` (:class:`StableCountEstimator`): group shares of ``merged-clusters``
+  where two seeds agree on the groups (a label-free test that the groups are the data's
+  kinds), the kNN density where they do not, blended by that agreement. Counts whatever a
+  class's spread when the classes form groups; no worse than the density when they do not.
 - ``"momentum-loss"`` (:class:`MomentumLossEstimator`): BCL's training signal (Zhou et
   al., ICML 2022): samples with a high per-sample loss are memorized late, which is the
   tail. Uses losses, not features.
@@ -39,6 +43,7 @@ from tase_loss._validation import check_choice
 from tase_loss.estimators.base import FrequencyEstimate, FrequencyEstimator
 from tase_loss.estimators.clustering import ClusterSizeEstimator, MergedClusterEstimator
 from tase_loss.estimators.density import KNNDensityEstimator, intrinsic_dimension, knn_log_density
+from tase_loss.estimators.stable_count import StableCountEstimator, adjusted_rand_index
 from tase_loss.estimators.training_signal import MomentumLossEstimator
 
 __all__ = [
@@ -50,6 +55,8 @@ __all__ = [
     "KNNDensityEstimator",
     "MergedClusterEstimator",
     "MomentumLossEstimator",
+    "StableCountEstimator",
+    "adjusted_rand_index",
     "build_estimator",
     "intrinsic_dimension",
     "knn_log_density",
@@ -58,7 +65,13 @@ __all__ = [
 
 ESTIMATORS: dict[str, type[FrequencyEstimator]] = {
     estimator.name: estimator
-    for estimator in (ClusterSizeEstimator, MergedClusterEstimator, KNNDensityEstimator, MomentumLossEstimator)
+    for estimator in (
+        ClusterSizeEstimator,
+        MergedClusterEstimator,
+        KNNDensityEstimator,
+        StableCountEstimator,
+        MomentumLossEstimator,
+    )
 }
 """Estimator name -> class."""
 

@@ -30,7 +30,7 @@ __all__ = [
     "build_labeler",
 ]
 
-CLUSTER_ESTIMATORS = ("cluster-size", "merged-clusters")
+CLUSTER_ESTIMATORS = ("cluster-size", "merged-clusters", "stable-count")
 
 
 @dataclass(frozen=True)
