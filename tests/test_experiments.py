@@ -255,6 +255,15 @@ def test_frequency_quality_perfect_flat_and_scaled():
     flat = frequency_quality(np.zeros(10), labels, groups, np.zeros(10, int))
     assert flat["nmi"] == pytest.approx(0.0) and flat["few_over_many"] == pytest.approx(1.0)
     assert flat["spearman"] is None and flat["gap_recovered"] == pytest.approx(0.0)
+    assert perfect["class_spearman"] == pytest.approx(1.0) and perfect["floor"] == pytest.approx(0.0)
+    assert flat["class_spearman"] is None
+    # the rarest sample estimated 2 nats rarer than its class; the mean moves by 0.2
+    collapsed = truth.copy()
+    collapsed[-1] -= 2.0
+    assert frequency_quality(collapsed, labels, groups)["floor"] == pytest.approx(-2.0 + 0.2)
+    # class means ordered against the sizes, hand-checked
+    reversed_classes = np.log(np.array([1.0, 3.0, 6.0]))[labels]
+    assert frequency_quality(reversed_classes, labels, groups)["class_spearman"] == pytest.approx(-1.0)
 
 
 def test_images_live_on_the_device_as_uint8_when_exact():

@@ -155,11 +155,15 @@ def frequency_quality(
     Returns:
         ``spearman``: rank correlation of ``f_i`` with the true frequency of ``i``'s class
         (1 = the estimate orders samples head to tail exactly; ``None`` when either is
-        constant); ``gap_recovered``: the estimated mean ``log f`` of true Few samples
-        minus that of true Many samples, as a fraction of the true gap (1 = the scale is
-        right too; 0 = no signal); ``few_over_many``: ``exp`` of the estimated gap (the
-        true value is far below 1); ``nmi``: normalized mutual information of the
-        estimator's groups with the classes (``None`` without groups).
+        constant); ``class_spearman``: the same for each class's mean ``log f`` against
+        its size (``None`` when either is constant); ``gap_recovered``: the estimated mean
+        ``log f`` of true Few samples minus that of true Many samples, as a fraction of the
+        true gap (1 = the scale is right too; 0 = no signal); ``few_over_many``: ``exp`` of
+        the estimated gap (the true value is far below 1); ``floor``: the lowest estimated
+        ``log f`` minus the rarest class's true ``log f``, both taken relative to their
+        mean over samples (below 0: some sample is estimated rarer than the rarest class
+        is, by that many nats); ``nmi``: normalized mutual information of the estimator's
+        groups with the classes (``None`` without groups).
 
     Example:
         >>> labels = np.array([0, 0, 0, 1])
@@ -177,8 +181,15 @@ def frequency_quality(
     true_gap = true_log_frequency[few].mean() - true_log_frequency[many].mean()
     gap = log_frequency[few].mean() - log_frequency[many].mean()
     constant = np.ptp(log_frequency) == 0 or np.ptp(true_log_frequency) == 0
+    counts = np.bincount(true_labels)
+    present = np.flatnonzero(counts)
+    class_mean = np.bincount(true_labels, log_frequency)[present] / counts[present]
+    class_constant = np.ptp(class_mean) == 0 or np.ptp(counts[present]) == 0
+    floor = (log_frequency.min() - log_frequency.mean()) - (true_log_frequency.min() - true_log_frequency.mean())
     return {
         "spearman": None if constant else float(spearmanr(log_frequency, true_log_frequency).statistic),
+        "class_spearman": None if class_constant else float(spearmanr(class_mean, counts[present]).statistic),
+        "floor": float(floor),
         "gap_recovered": float(gap / true_gap) if true_gap != 0 else None,
         "few_over_many": float(np.exp(gap)),
         "nmi": None if pseudo_labels is None else float(normalized_mutual_info_score(true_labels, pseudo_labels)),
