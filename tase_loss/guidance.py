@@ -128,6 +128,32 @@ class Guidance:
             weight = self.reweighter.from_log_frequency(log_frequency, reference)
         return temperature, weight
 
+    def summary(self) -> dict[str, float]:
+        """The latest estimate in scalars, for a logger; empty before the first estimate.
+
+        :meth:`PseudoLabeler.summary`'s keys (groups, shares, log-frequency span) and the
+        range of the per-sample maps: ``temperature_min``/``temperature_max`` and
+        ``weight_min``/``weight_max`` (each only when that map is set).
+
+        Example:
+            >>> import torch
+            >>> from tase_loss import PseudoLabeler, TemperatureMap
+            >>> labeler = PseudoLabeler(num_samples=50, feature_dim=4, warmup_epochs=1)
+            >>> guidance = Guidance(labeler, TemperatureMap(0.2))
+            >>> labeler.update(torch.arange(50), torch.randn(50, 4))
+            >>> _ = labeler.end_epoch(0)
+            >>> sorted(guidance.summary())[-2:]
+            ['temperature_max', 'temperature_min']
+        """
+        scalars = self.pseudo_labeler.summary()
+        if not scalars:
+            return scalars
+        for name, table in zip(("temperature", "weight"), self.tables(torch.device("cpu"))):
+            if table is not None:
+                scalars[f"{name}_min"] = float(table.min())
+                scalars[f"{name}_max"] = float(table.max())
+        return scalars
+
     def sample_statistics(self) -> dict[str, np.ndarray]:
         """Every sample's ``frequency``, ``temperature`` and ``weight`` (those that are set).
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
-from typing import Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,39 @@ class _GuidedLoss(nn.Module):
         the labeler's warm-up. Useful for logging and plots.
         """
         return self._require_guidance().lookup(index)
+
+    def end_epoch(self, epoch: int, log: Optional[Callable[[dict[str, float], int], Any]] = None) -> dict[str, float]:
+        """The plain loop's one line after each epoch: the labeler's schedule, and what it estimated.
+
+        Calls :meth:`PseudoLabeler.end_epoch`; when that made an estimate, returns its
+        summary (:meth:`Guidance.summary`: groups, shares, log-frequency span, temperature
+        and weight range, plus the estimator's diagnostics) and hands it to ``log``.
+
+        Args:
+            epoch: the epoch that just ended (0-based).
+            log: called as ``log(scalars, epoch)`` after an estimate, e.g. a function that
+                writes each scalar with TensorBoard's ``SummaryWriter.add_scalar`` or a row
+                of a ``csv.DictWriter``.
+
+        Returns:
+            The scalars, or ``{}`` when the schedule made no estimate this epoch.
+
+        Example:
+            >>> import torch
+            >>> from tase_loss import PseudoLabeler, TASEContrastiveLoss
+            >>> labeler = PseudoLabeler(num_samples=64, feature_dim=8, warmup_epochs=1)
+            >>> criterion = TASEContrastiveLoss(pseudo_labeler=labeler)
+            >>> _ = criterion(torch.randn(64, 8), torch.randn(64, 8), index=torch.arange(64))
+            >>> scalars = criterion.end_epoch(0, log=lambda scalars, epoch: print(epoch, int(scalars["num_groups"])))
+            0 10
+        """
+        labeler = self._require_guidance().pseudo_labeler
+        if not labeler.end_epoch(epoch):
+            return {}
+        scalars = {**labeler.last_diagnostics, **self._require_guidance().summary()}
+        if log is not None:
+            log(scalars, epoch)
+        return scalars
 
     def _require_guidance(self) -> Guidance:
         if self.guidance is None:

@@ -158,6 +158,8 @@ class PseudoLabeler:
         self.sample_loss = torch.zeros(num_samples if self.estimator.uses_loss else 0, dtype=torch.float32)
         self.num_estimates = 0
         self.last_diagnostics: dict[str, float] = {}
+        # rows stored by this process before the first end_epoch(): the never-called check
+        self._rows_before_end_epoch: Optional[int] = 0
         self._reference: Optional[FrequencyReference] = None
         self._version = 0
 
@@ -198,12 +200,29 @@ class PseudoLabeler:
                 )
             check_index(index, features.shape[0], self.num_samples)
         self.bank.update(index, features)
+        self._check_end_epoch_is_called(features.shape[0])
         if self.uses_loss:
             values, rows = loss.detach().float(), index.to(loss.device, torch.int64)
             if self.gather_distributed:
                 rows = distributed.all_gather_rows(rows)[0]
                 values = distributed.all_gather_rows(values)[0]
             self.sample_loss[rows.cpu()] = values.cpu()
+
+    def _check_end_epoch_is_called(self, rows: int) -> None:
+        """Warn once when more than ``warmup_epochs + 1`` epochs of rows came and no end_epoch()."""
+        if self._rows_before_end_epoch is None:
+            return
+        self._rows_before_end_epoch += rows
+        world = distributed.get_world_size() if self.gather_distributed else 1
+        epochs = self._rows_before_end_epoch * world / self.num_samples
+        if epochs > self.warmup_epochs + 1:
+            self._rows_before_end_epoch = None
+            warnings.warn(
+                f"PseudoLabeler: {epochs:.1f} epochs of rows stored and end_epoch() was never called: "
+                "without it no frequency estimate is made and TASE stays plain NT-Xent; call "
+                "criterion.end_epoch(epoch) (or labeler.end_epoch(epoch)) after every epoch",
+                stacklevel=3,
+            )
 
     def should_estimate(self, epoch: int) -> bool:
         """Whether the schedule asks for an estimate at the end of ``epoch`` (0-based)."""
@@ -213,6 +232,7 @@ class PseudoLabeler:
 
     def end_epoch(self, epoch: int) -> bool:
         """Call after every epoch: estimates when the schedule says so; returns whether it did."""
+        self._rows_before_end_epoch = None
         if not self.should_estimate(epoch):
             return False
         self.estimate()
@@ -229,11 +249,21 @@ class PseudoLabeler:
         self.estimate()
 
     def warn_if_unfitted(self, epochs: int) -> None:
-        """Warn that a run of ``epochs`` epochs ended inside the warm-up (TASE never acted)."""
-        if not self.is_fitted:
+        """Warn that a run of ``epochs`` epochs never used an estimate (TASE was plain NT-Xent).
+
+        The first estimate is made at the end of epoch ``warmup_epochs`` (1-based) and
+        guides the epochs after it, so a run of ``epochs <= warmup_epochs`` guided no batch,
+        even when that last estimate was made.
+        """
+        if epochs <= self.warmup_epochs or not self.is_fitted:
+            advice = (
+                f"pass PseudoLabeler(warmup_epochs=...) below {epochs}"
+                if epochs > 1
+                else "TASE needs at least 2 epochs (the first estimate ends epoch 1)"
+            )
             warnings.warn(
                 f"training ended after {epochs} epoch(s) inside the pseudo-labeler's warm-up of "
-                f"{self.warmup_epochs}: no frequency estimate was made, so TASE was plain NT-Xent",
+                f"{self.warmup_epochs}: no batch used a frequency estimate, so TASE was plain NT-Xent; {advice}",
                 stacklevel=2,
             )
 

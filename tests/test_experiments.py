@@ -625,6 +625,10 @@ def test_embedded_default_end_to_end(capsys, tmp_path):
     assert len(results["runs"]) == 4
     tase_run = next(run for run in results["runs"] if run["method"] == "tase")
     assert "temperature" in tase_run["sample_statistics"] and "spearman" in tase_run["history"][-1]
+    # each estimate's summary, as the plot's over-epochs panel reads it
+    last = tase_run["history"][-1]
+    assert last["temperature_min"] <= last["temperature_max"] and last["weight_min"] <= last["weight_max"]
+    assert last["num_groups"] == len(last["group_sizes"]) and last["log_frequency_span"] >= 0
     assert "tase - ntxent (paired, 2)" in captured.out and set(results["differences"]) == {"tase"}
     # not a terminal: one plain progress line per epoch, no progress-bar redraws
     assert "ntxent seed 0 epoch 2/2: loss" in captured.err and "\r" not in captured.err

@@ -1,5 +1,6 @@
 """The Lightning callback runs the labeler's schedule in a real Trainer (CPU)."""
 
+import csv
 import warnings
 
 import pytest
@@ -70,9 +71,47 @@ def test_training_that_ends_inside_the_warmup_warns():
     assert any(message.startswith("training ended after") for message in messages), messages
 
 
-def test_a_run_long_enough_for_the_warmup_does_not_warn_up_front():
+def test_a_run_as_long_as_the_warmup_warns_since_no_batch_is_guided():
+    # warm-up 2: the first estimate ends epoch 2, so a 2-epoch run guides nothing
+    with pytest.warns(UserWarning, match="warm-up of 2") as caught:
+        labeler, module = _fit(epochs=2, warmup_epochs=2)
+    assert labeler.is_fitted and not any(module.seen_guided)
+    messages = [str(warning.message) for warning in caught]
+    assert any(message.startswith("Trainer(max_epochs=2) ends inside") for message in messages), messages
+    assert any("below 2" in message for message in messages), messages
+
+
+def test_a_run_one_epoch_longer_than_the_warmup_does_not_warn():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        labeler, _ = _fit(epochs=2, warmup_epochs=2)
-    assert labeler.is_fitted
+        labeler, module = _fit(epochs=3, warmup_epochs=2)
+    assert labeler.is_fitted and module.seen_guided[-1]
     assert not [w for w in caught if "warm-up" in str(w.message)]
+
+
+def test_the_estimate_summary_reaches_a_csv_logger(tmp_path):
+    torch.manual_seed(0)
+    data = IndexedDataset(TensorDataset(torch.randn(96, 6)))
+    labeler = PseudoLabeler(len(data), 8, warmup_epochs=1)
+    module = _SimCLR(labeler)
+    trainer = lightning.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=lightning.pytorch.loggers.CSVLogger(tmp_path, name="run"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[PseudoLabelerCallback(labeler)],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, DataLoader(data, batch_size=32, shuffle=True))
+    (metrics_file,) = tmp_path.glob("run/*/metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    logged = [row for row in rows if row.get("tase/num_groups")]
+    assert len(logged) == 2  # one row per estimate: the ends of epochs 0 and 1
+    summary = module.criterion.guidance.summary()
+    temperature = module.criterion.guidance.tables(torch.device("cpu"))[0]
+    assert float(logged[-1]["tase/temperature_min"]) == pytest.approx(float(temperature.min()))
+    assert float(logged[-1]["tase/temperature_max"]) == pytest.approx(summary["temperature_max"])
+    assert float(logged[-1]["tase/num_groups"]) == float((labeler.group_sizes > 0).sum())

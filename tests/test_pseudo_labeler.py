@@ -1,12 +1,23 @@
 """PseudoLabeler: schedule, moving average, neutral value, determinism, exact resume, ensembles."""
 
+import csv
+import warnings
+
 import faiss
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import homogeneity_score
 
-from tase_loss import ClusterSizeEstimator, KNNDensityEstimator, MomentumLossEstimator, NotFittedError, PseudoLabeler
+from tase_loss import (
+    ClusterSizeEstimator,
+    KNNDensityEstimator,
+    MomentumLossEstimator,
+    NotFittedError,
+    PseudoLabeler,
+    SampleReweighter,
+    TASEContrastiveLoss,
+)
 
 SIZES = [800, 300, 110, 40, 15]
 
@@ -103,6 +114,65 @@ def test_a_run_that_ends_inside_the_warmup_warns():
     labeler = PseudoLabeler(10, 2, warmup_epochs=5)
     with pytest.warns(UserWarning, match="inside the pseudo-labeler's warm-up of 5"):
         labeler.warn_if_unfitted(epochs=3)
+
+
+def test_a_run_as_long_as_the_warmup_warns_though_it_estimated_once():
+    labeler = PseudoLabeler(40, 4, warmup_epochs=2)
+    labeler.update(torch.arange(40), torch.randn(40, 4))
+    assert not labeler.end_epoch(0) and labeler.end_epoch(1)  # the estimate ends the run
+    with pytest.warns(UserWarning, match="no batch used a frequency estimate.*below 2"):
+        labeler.warn_if_unfitted(epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labeler.warn_if_unfitted(epochs=3)  # epoch 3 was guided
+
+
+def test_a_loop_that_never_calls_end_epoch_is_told_once():
+    labeler = PseudoLabeler(32, 4, warmup_epochs=2)
+    criterion = TASEContrastiveLoss(pseudo_labeler=labeler)
+    caught = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(8):  # 4 epochs of 2 batches: past warm-up + 1 after 3 epochs
+            for half in (torch.arange(16), torch.arange(16, 32)):
+                criterion(torch.randn(16, 4), torch.randn(16, 4), index=half)
+    messages = [str(warning.message) for warning in caught if "end_epoch() was never called" in str(warning.message)]
+    assert len(messages) == 1 and messages[0].startswith("PseudoLabeler: 3.5 epochs of rows")
+    called = PseudoLabeler(32, 4, warmup_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch in range(5):
+            called.update(torch.arange(32), torch.randn(32, 4))
+            called.end_epoch(epoch)
+
+
+def test_the_loss_end_epoch_returns_and_logs_the_estimate_summary(tmp_path):
+    labeler = PseudoLabeler(48, 4, warmup_epochs=2)
+    criterion = TASEContrastiveLoss(pseudo_labeler=labeler, reweighter=SampleReweighter())
+    path = tmp_path / "tase.csv"
+    written = []
+    with path.open("w", newline="") as handle:
+        writer = None
+
+        def log(scalars, epoch):
+            nonlocal writer
+            if writer is None:
+                writer = csv.DictWriter(handle, ["epoch", *scalars])
+                writer.writeheader()
+            writer.writerow({"epoch": epoch, **scalars})
+            written.append(epoch)
+
+        for epoch in range(4):
+            criterion(torch.randn(48, 4), torch.randn(48, 4), index=torch.arange(48))
+            scalars = criterion.end_epoch(epoch, log=log)
+            assert (scalars == {}) == (epoch == 0)
+    assert written == [1, 2, 3]
+    rows = list(csv.DictReader(path.open()))
+    temperature, weight = criterion.guidance.tables(torch.device("cpu"))
+    assert float(rows[-1]["temperature_min"]) == pytest.approx(float(temperature.min()))
+    assert float(rows[-1]["weight_max"]) == pytest.approx(float(weight.max()))
+    assert float(rows[-1]["num_groups"]) == float((labeler.group_sizes > 0).sum())
+    assert float(rows[-1]["log_frequency_span"]) == pytest.approx(labeler.summary()["log_frequency_span"])
 
 
 @pytest.mark.parametrize("estimator", [ClusterSizeEstimator((5, 3)), KNNDensityEstimator()])

@@ -136,12 +136,55 @@ def _group_bands(axis: Any, groups: dict[str, list[int]], position: dict[int, in
             )
 
 
+def _plot_estimates_over_epochs(axis: Any, results: dict[str, Any], colors: dict[str, str]) -> None:
+    """The estimates of each guided method over training (first seed): the temperature range
+    (band), the log-frequency span and the number of groups (right axis)."""
+    groups_axis = axis.twinx()
+    drawn = False
+    for method in results["summary"]:
+        run = next(run for run in results["runs"] if run["method"] == method)
+        records = [record for record in run["history"] if "log_frequency_span" in record]
+        if not records:
+            continue
+        epochs = [record["epoch"] + 1 for record in records]
+        if "temperature_min" in records[0]:
+            axis.fill_between(
+                epochs,
+                [record["temperature_min"] for record in records],
+                [record["temperature_max"] for record in records],
+                color=colors[method],
+                alpha=0.25,
+                label=f"{method}: temperature range",
+            )
+        axis.plot(
+            epochs,
+            [record["log_frequency_span"] / 10 for record in records],
+            color=colors[method],
+            label=f"{method}: log-frequency span / 10",
+        )
+        if "num_groups" in records[0]:
+            groups_axis.plot(
+                epochs, [record["num_groups"] for record in records], color=colors[method], linestyle=":", marker="."
+            )
+        drawn = True
+    axis.set_xlabel("epoch (estimate made at its end)")
+    axis.set_ylabel("temperature; log-frequency span / 10")
+    groups_axis.set_ylabel("groups (dotted)")
+    axis.set_title("the estimates over training (first seed)", pad=TITLE_PAD)
+    if drawn:
+        axis.legend(fontsize=7)
+    else:
+        axis.text(0.5, 0.5, "no estimate in this run", ha="center", va="center", transform=axis.transAxes)
+
+
 def plot_results(results: dict[str, Any], path: str) -> None:
-    """Four panels over the classes, ordered from the most to the least frequent:
+    """Five panels; the first four over the classes, from the most to the least frequent:
 
     1. linear-probe accuracy per class (mean ± std over seeds) of every method;
     2. each method's paired difference to NT-Xent per class (mean ± std over seeds);
-    3. / 4. the mean per-sample temperature and weight each class got (first seed).
+    3. / 4. the mean per-sample temperature and weight each class got (first seed);
+    5. over epochs, each guided method's estimates (first seed): the temperature range,
+       the log-frequency span and the number of groups.
 
     Many / Medium / Few are shaded; the axis names each class with its training count.
     """
@@ -163,9 +206,13 @@ def plot_results(results: dict[str, Any], path: str) -> None:
         method: np.array([run["linear_per_class"] for run in results["runs"] if run["method"] == method])
         for method in methods
     }
-    figure, axes = plt.subplots(2, 2, figsize=(15, 9), sharex=True)
-    accuracy, difference, temperature, weight = axes.ravel()
-    for axis in axes.ravel():
+    figure = plt.figure(figsize=(15, 13))
+    grid = figure.add_gridspec(3, 2)
+    accuracy = figure.add_subplot(grid[0, 0])
+    difference = figure.add_subplot(grid[0, 1], sharex=accuracy)
+    temperature = figure.add_subplot(grid[1, 0], sharex=accuracy)
+    weight = figure.add_subplot(grid[1, 1], sharex=accuracy)
+    for axis in (accuracy, difference, temperature, weight):
         _group_bands(axis, dataset["groups"], position)
     for method in methods:
         mean, spread = per_class[method].mean(axis=0), per_class[method].std(axis=0)
@@ -231,6 +278,9 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     for axis in (temperature, weight):
         axis.set_xticks(x, labels, fontsize=8)
         axis.set_xlabel("class (training images), most frequent first")
+    for axis in (accuracy, difference):
+        axis.tick_params(labelbottom=False)
+    _plot_estimates_over_epochs(figure.add_subplot(grid[2, :]), results, colors)
     figure.suptitle(f"{dataset['name']}: {', '.join(methods)}")
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

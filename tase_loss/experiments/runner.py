@@ -84,7 +84,9 @@ def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str,
 
     Beside :func:`frequency_quality`'s scores: the estimate's groups (``num_groups``,
     ``group_sizes`` largest first) and their ``purity`` against the true classes (the
-    share of samples in their group's majority class).
+    share of samples in their group's majority class), and the method's
+    :meth:`~tase_loss.Guidance.summary` (log-frequency span, temperature and weight
+    range), the same scalars the Lightning callback and ``criterion.end_epoch`` log.
     """
 
     def measure(epoch: int, method: Method) -> dict[str, Any]:
@@ -104,6 +106,8 @@ def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str,
                 group_sizes=sorted(sizes[sizes > 0].tolist(), reverse=True),
                 purity=float(majority / labels.size),
             )
+        if method.guidance is not None:
+            record.update(method.guidance.summary())
         return record
 
     return measure

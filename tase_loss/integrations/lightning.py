@@ -43,11 +43,17 @@ class PseudoLabelerCallback(Callback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         """Warn before training when ``max_epochs`` ends inside the warm-up: TASE would never act."""
         max_epochs = getattr(trainer, "max_epochs", None)
-        if isinstance(max_epochs, int) and 0 < max_epochs < self.pseudo_labeler.warmup_epochs:
+        warmup = self.pseudo_labeler.warmup_epochs
+        if isinstance(max_epochs, int) and 0 < max_epochs <= warmup:
+            advice = (
+                f"pass PseudoLabeler(warmup_epochs=...) below {max_epochs}"
+                if max_epochs > 1
+                else "TASE needs at least 2 epochs (the first estimate ends epoch 1)"
+            )
             warnings.warn(
-                f"Trainer(max_epochs={max_epochs}) ends inside the pseudo-labeler's warm-up of "
-                f"{self.pseudo_labeler.warmup_epochs} epochs: no frequency estimate will be made and TASE "
-                f"will train plain NT-Xent; pass PseudoLabeler(warmup_epochs=...) below {max_epochs + 1}",
+                f"Trainer(max_epochs={max_epochs}) ends inside the pseudo-labeler's warm-up of {warmup} "
+                f"epochs: the first estimate comes after epoch {warmup}, so no batch will use it and TASE "
+                f"will train plain NT-Xent; {advice}",
                 stacklevel=2,
             )
 
@@ -56,8 +62,23 @@ class PseudoLabelerCallback(Callback):
             self.pseudo_labeler.update(outputs["index"], outputs["features"], outputs.get("per_sample_loss"))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """Estimate when the schedule says so and log the estimate's summary as ``tase/*``.
+
+        The summary is :meth:`~tase_loss.Guidance.summary` of the loss in ``pl_module`` that
+        uses this labeler (temperature and weight ranges included), else the labeler's own.
+        """
         if self.pseudo_labeler.end_epoch(trainer.current_epoch):
-            scalars = {**self.pseudo_labeler.last_diagnostics, **self.pseudo_labeler.summary()}
+            guidance = next(
+                (
+                    module.guidance
+                    for module in pl_module.modules()
+                    if getattr(module, "guidance", None) is not None
+                    and module.guidance.pseudo_labeler is self.pseudo_labeler
+                ),
+                None,
+            )
+            summary = guidance.summary() if guidance is not None else self.pseudo_labeler.summary()
+            scalars = {**self.pseudo_labeler.last_diagnostics, **summary}
             pl_module.log_dict({f"tase/{name}": value for name, value in scalars.items()}, on_epoch=True)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:

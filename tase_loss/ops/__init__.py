@@ -196,7 +196,7 @@ def _record(backend: Backend) -> None:
     key = (backend.path, backend.device)
     if key not in _logged:
         _logged.add(key)
-        logger.info("tase_loss: the contrastive rows run %s", backend)
+        logger.info("the contrastive rows run %s", backend)
 
 
 def contrastive_rows(
