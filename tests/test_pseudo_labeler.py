@@ -130,7 +130,6 @@ def test_a_run_as_long_as_the_warmup_warns_though_it_estimated_once():
 def test_a_loop_that_never_calls_end_epoch_is_told_once():
     labeler = PseudoLabeler(32, 4, warmup_epochs=2)
     criterion = TASEContrastiveLoss(pseudo_labeler=labeler)
-    caught = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(8):  # 4 epochs of 2 batches: past warm-up + 1 after 3 epochs

@@ -88,8 +88,8 @@ class StableCountEstimator(FrequencyEstimator):
         ...                     for i, n in enumerate([400, 100, 25])])
         >>> estimate = StableCountEstimator(num_clusters=3).estimate(
         ...     torch.nn.functional.normalize(points, dim=1))
-        >>> means = [float(estimate.log_frequency[s].mean()) for s in (slice(0, 400), slice(400, 500), slice(500, None))]
-        >>> means[0] > means[1] > means[2]
+        >>> head, middle, tail = estimate.log_frequency.split([400, 100, 25])
+        >>> bool(head.mean() > middle.mean() > tail.mean())
         True
     """
 
