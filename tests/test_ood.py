@@ -415,6 +415,28 @@ def test_sampler_from_pseudo_labeler_uses_the_bank_split():
         TailBiasedOODSampler.from_pseudo_labeler(labeler, len(id_features) + 300, 10)
 
 
+def test_sampler_from_pseudo_labeler_leaves_out_id_rows_never_stored():
+    # a loop that drops partial batches never stores some ID rows: no features, label -1
+    id_features, _, ood_features, _ = _planted_mixture()
+    num_id = len(id_features)
+    labeler = PseudoLabeler(num_id + 300, 6, ClusterSizeEstimator(3), warmup_epochs=1, num_threads=1)
+    stored = torch.cat([torch.arange(0, num_id, 2), torch.arange(num_id, num_id + 300)])
+    labeler.update(stored, torch.cat([id_features, ood_features])[stored])
+    labeler.estimate()
+    sampler = TailBiasedOODSampler.from_pseudo_labeler(labeler, num_id, 10, seed=2)
+    id_rows = stored[stored < num_id]
+    expected = TailBiasedOODSampler(
+        labeler.bank.rows(id_rows), labeler.labels[id_rows], labeler.bank.rows(stored[stored >= num_id]), 10, seed=2
+    )
+    torch.testing.assert_close(sampler.probabilities, expected.probabilities)
+    assert list(sampler) == list(expected)
+    partial = PseudoLabeler(num_id + 300, 6, ClusterSizeEstimator(3), warmup_epochs=1, num_threads=1)
+    partial.update(torch.arange(num_id + 100), torch.cat([id_features, ood_features[:100]]))
+    partial.estimate()
+    with pytest.raises(ValueError, match="every OOD row of the bank must be stored"):
+        TailBiasedOODSampler.from_pseudo_labeler(partial, num_id, 10)
+
+
 @pytest.mark.parametrize(
     "options, error, match",
     [

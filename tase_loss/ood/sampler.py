@@ -143,7 +143,9 @@ class TailBiasedOODSampler(Sampler[int]):
         """Build the sampler from a labeler whose bank holds ID rows then OOD rows.
 
         Bank rows ``[0, num_id)`` are the ID samples and ``[num_id, N)`` the OOD
-        samples; the labels are those of the labeler's last clustering.
+        samples; the labels are those of the labeler's last clustering. ID rows the bank
+        has not stored yet (e.g. samples of dropped partial batches) have neither
+        features nor a label and are left out; every OOD row must be stored.
 
         Args:
             pseudo_labeler: a fitted :class:`~tase_loss.PseudoLabeler`.
@@ -154,11 +156,17 @@ class TailBiasedOODSampler(Sampler[int]):
         if not pseudo_labeler.is_fitted:
             raise NotFittedError("the pseudo-labeler has not clustered yet")
         check_int("num_id", num_id, 1, pseudo_labeler.num_samples - 1)
-        bank = pseudo_labeler.bank.rows(torch.arange(pseudo_labeler.num_samples))
+        seen = pseudo_labeler.bank.seen_index().cpu()
+        id_rows = seen[(seen < num_id) & (pseudo_labeler.labels[seen] >= 0)]
+        ood_rows = torch.arange(num_id, pseudo_labeler.num_samples)
+        if int((seen >= num_id).sum()) != ood_rows.numel():
+            raise ValueError("every OOD row of the bank must be stored before building the sampler")
+        if id_rows.numel() == 0:
+            raise ValueError("the bank holds no clustered ID row")
         return cls(
-            bank[:num_id],
-            pseudo_labeler.labels[:num_id],
-            bank[num_id:],
+            pseudo_labeler.bank.rows(id_rows),
+            pseudo_labeler.labels[id_rows],
+            pseudo_labeler.bank.rows(ood_rows),
             num_samples,
             **options,  # type: ignore[arg-type]
         )
