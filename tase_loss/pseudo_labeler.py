@@ -139,6 +139,13 @@ class PseudoLabeler:
         device: Optional[Union[str, torch.device]] = None,
         gather_distributed: bool = False,
     ) -> None:
+        if isinstance(estimator, int) and not isinstance(estimator, bool):
+            # 0.1's third positional argument was num_clusters
+            raise TypeError(
+                f"PseudoLabeler's third argument is the estimator since 0.2.0, got {estimator!r}: 0.1's "
+                f"positional num_clusters moved to the clustering estimators; pass "
+                f"estimator=ClusterSizeEstimator(num_clusters={estimator!r}) (from tase_loss.estimators)"
+            )
         self.estimator = build_estimator(estimator)
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=1)
         self.estimate_every = check_int("estimate_every", estimate_every, minimum=1)

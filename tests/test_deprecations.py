@@ -77,6 +77,12 @@ def test_num_clusters_on_the_labeler_names_the_estimator_to_pass():
     assert WARMUP_NOTE in message
 
 
+def test_num_clusters_given_positionally_as_in_0_1_names_the_estimator_to_pass():
+    with pytest.raises(TypeError, match=r"pass estimator=ClusterSizeEstimator\(num_clusters=10\)"):
+        PseudoLabeler(60, 4, 10)
+    assert PseudoLabeler(60, 4, "cluster-size").estimator.num_clusters == (10,)
+
+
 def test_an_unknown_keyword_is_still_a_plain_type_error():
     with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'"):
         PseudoLabeler(num_samples=60, feature_dim=4, no_such_option=1)
