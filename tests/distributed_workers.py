@@ -26,6 +26,7 @@ from tase_loss import (
     KNNDensityEstimator,
     PseudoLabeler,
     SampleReweighter,
+    StableCountEstimator,
     TASEContrastiveLoss,
     TASECosineLoss,
     TemperatureMap,
@@ -106,6 +107,9 @@ def labeler_batches(epoch: int, world_size: int) -> list[tuple[Tensor, Tensor]]:
 LABELER_ESTIMATORS = {
     "cluster-size": lambda: ClusterSizeEstimator(LABELER_CLUSTERS),
     "knn-density": lambda: KNNDensityEstimator(num_neighbors=5, graph_neighbors=8),
+    "stable-count": lambda: StableCountEstimator(
+        LABELER_CLUSTERS, density=KNNDensityEstimator(num_neighbors=5, graph_neighbors=8)
+    ),
 }
 
 

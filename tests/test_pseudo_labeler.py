@@ -16,6 +16,7 @@ from tase_loss import (
     NotFittedError,
     PseudoLabeler,
     SampleReweighter,
+    StableCountEstimator,
     TASEContrastiveLoss,
 )
 
@@ -174,7 +175,7 @@ def test_the_loss_end_epoch_returns_and_logs_the_estimate_summary(tmp_path):
     assert float(rows[-1]["log_frequency_span"]) == pytest.approx(labeler.summary()["log_frequency_span"])
 
 
-@pytest.mark.parametrize("estimator", [ClusterSizeEstimator((5, 3)), KNNDensityEstimator()])
+@pytest.mark.parametrize("estimator", [ClusterSizeEstimator((5, 3)), KNNDensityEstimator(), StableCountEstimator(5)])
 def test_state_dict_round_trip_resumes_bit_identically(estimator):
     features, _ = _long_tailed_mixture(seed=5)
     later = features.roll(2, dims=1)

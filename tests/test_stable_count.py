@@ -1,0 +1,122 @@
+"""The stable-count estimator: its formula against a loop, its two regimes, its targets, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from tase_loss import KNNDensityEstimator, MergedClusterEstimator, StableCountEstimator
+from tase_loss.estimators import adjusted_rand_index
+from tase_loss.experiments.data import group_classes, planted_mixture
+from tase_loss.experiments.evaluation import frequency_quality
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_adjusted_rand_index_matches_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, 5, 300)
+    second = np.where(rng.random(300) < 0.6, first, rng.integers(0, 7, 300))
+    assert adjusted_rand_index(first, second) == pytest.approx(adjusted_rand_score(first, second), abs=1e-12)
+    assert adjusted_rand_index(first, (first + 2) % 5) == pytest.approx(1.0)
+
+
+def test_adjusted_rand_index_of_trivial_partitions():
+    ones = np.zeros(6, dtype=np.int64)
+    assert adjusted_rand_index(ones, ones) == adjusted_rand_score(ones, ones) == 1.0
+    singletons = np.arange(6)
+    assert adjusted_rand_index(singletons, singletons) == 1.0
+
+
+def _blend_by_loop(points, estimator, seed):
+    """The docstring's formula written out sample by sample, from the parts it names."""
+    groups = MergedClusterEstimator(estimator.num_clusters, over_clustering=estimator.groups.over_clustering)
+    first = groups.estimate(points, seed=seed)
+    second = groups.estimate(points, seed=seed + 1)
+    density = estimator.density.estimate(points, seed=seed).log_frequency.tolist()
+    labels, other = first.labels.tolist(), second.labels.tolist()
+    stability = adjusted_rand_score(labels, other)
+    trust = min(1.0, max(0.0, (stability - estimator.unstable) / (estimator.stable - estimator.unstable)))
+    members = {}
+    for i, group in enumerate(labels):
+        members.setdefault(group, []).append(i)
+    values = []
+    for i, group in enumerate(labels):
+        share = len(members[group]) / len(labels)
+        group_mean = sum(density[j] for j in members[group]) / len(members[group])
+        counted = math.log(share) + estimator.within * (density[i] - group_mean)
+        values.append(trust * counted + (1 - trust) * density[i])
+    shift = max(0.0, max(values))
+    return [value - shift for value in values], trust
+
+
+@pytest.mark.parametrize("unstable, stable", [(0.7, 0.9), (-1.0, 1.0), (0.0, 0.05)])
+def test_the_estimate_is_the_formula_computed_by_a_loop(unstable, stable):
+    points, _ = planted_mixture(3, "moderate", max_count=200, dim=16)
+    points = torch.from_numpy(points)
+    estimator = StableCountEstimator(5, unstable=unstable, stable=stable)
+    estimate = estimator.estimate(points, seed=4)
+    expected, trust = _blend_by_loop(points, estimator, seed=4)
+    assert estimate.diagnostics["trust"] == pytest.approx(trust, abs=1e-12)
+    torch.testing.assert_close(estimate.log_frequency, torch.tensor(expected, dtype=torch.float64))
+    assert float(estimate.log_frequency.max()) <= 0.0
+
+
+def test_structureless_data_falls_back_to_the_density_exactly():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.nn.functional.normalize(torch.randn(800, 8, generator=generator), dim=1)
+    estimate = StableCountEstimator().estimate(points, seed=0)
+    assert estimate.diagnostics["stability"] < 0.7 and estimate.diagnostics["trust"] == 0.0
+    torch.testing.assert_close(estimate.log_frequency, KNNDensityEstimator().estimate(points, seed=0).log_frequency)
+
+
+_D32_UNSTABLE = "at D = 32 the merged groups are less stable across seeds (measured ARI 0.78-0.97 at seed 7)"
+_D32_FAILURES = {
+    ("with", 1): f"{_D32_UNSTABLE}: ARI 0.78 gives trust 0.42, and the density, which ranks classes wrongly "
+    "when the head is widest, pulls per-sample Spearman to 0.54 (gap 0.67)",
+    ("against", 1): "the within-group density puts a sample 2.54 nats below the rarest class (floor target -2)",
+    ("independent", 3): "class-level Spearman 0.88: a 3-blob class split across two groups",
+}
+
+
+def _cases():
+    for dim in (32, 64, 128):
+        for shape in (("with", 1), ("against", 1), ("independent", 1), ("independent", 3)):
+            reason = _D32_FAILURES.get(shape) if dim == 32 else None
+            marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)] if reason else []
+            yield pytest.param(dim, *shape, marks=marks, id=f"{dim}-{shape[0]}-{shape[1]}")
+
+
+@pytest.mark.parametrize("dim, spread, subclusters", list(_cases()))
+def test_separable_mixtures_of_unequal_spread_meet_the_targets(dim, spread, subclusters):
+    """Issue 22's targets on separable mixtures (seed 7: neither the tuning seed 100 nor the
+    study's 0-2): classes ranked by size, samples by their class size, the right scale,
+    no collapse below the rarest class. Three D = 32 cases miss one target each, as
+    measured (strict xfails with the figures); docs/results.md has the study's rates."""
+    points, labels = planted_mixture(7, "low", dim=dim, spread=spread, subclusters=subclusters)
+    estimate = StableCountEstimator().estimate(torch.from_numpy(points), seed=7)
+    quality = frequency_quality(estimate.log_frequency.numpy(), labels, group_classes(np.bincount(labels)))
+    assert quality["class_spearman"] >= 0.9, quality
+    assert quality["spearman"] >= 0.8, quality
+    assert 0.7 <= quality["gap_recovered"] <= 1.3, quality
+    assert quality["floor"] >= -2.0, quality
+
+
+def test_deterministic_for_a_seed_and_labels_from_the_first_grouping():
+    points, _ = planted_mixture(1, "low", max_count=300)
+    points = torch.from_numpy(points)
+    first, again = StableCountEstimator().estimate(points, seed=5), StableCountEstimator().estimate(points, seed=5)
+    assert torch.equal(first.log_frequency, again.log_frequency) and torch.equal(first.labels, again.labels)
+    assert torch.equal(first.labels, MergedClusterEstimator(10).estimate(points, seed=5).labels)
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ValueError, match="stable must be above unstable"):
+        StableCountEstimator(unstable=0.9, stable=0.9)
+    with pytest.raises(ValueError, match="within"):
+        StableCountEstimator(within=-0.5)
+    with pytest.raises(TypeError, match="density must be a KNNDensityEstimator, got str"):
+        StableCountEstimator(density="knn-density")
+    with pytest.raises(ValueError, match="needs at least 21 samples, got 12"):
+        StableCountEstimator(5).estimate(torch.nn.functional.normalize(torch.randn(12, 4), dim=1))
