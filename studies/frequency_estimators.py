@@ -395,18 +395,32 @@ def main() -> None:
         default=[],
         help="runner results.json files of CIFAR-10-LT tase runs: their last estimates are reported",
     )
+    parser.add_argument("--skip-planted", action="store_true", help="leave out part (a)")
     parser.add_argument("--skip-digits", action="store_true", help="leave out parts (b) and (d)")
+    parser.add_argument(
+        "--rows-from",
+        default=None,
+        help="an earlier frequency_estimators.json whose rows are kept (with --skip-* for the parts it has)",
+    )
     parser.add_argument("--skip-training", action="store_true", help="leave out part (d)")
     arguments = parser.parse_args()
     cifar_path = None if arguments.cifar == "none" else find_data_file(CIFAR10_LT, arguments.cifar, "--cifar")
     os.makedirs(arguments.output, exist_ok=True)
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
-    rows = planted(
-        [int(seed) for seed in arguments.seeds.split(",")],
-        tuple(int(dim) for dim in arguments.dims.split(",")),
-        arguments.max_count,
-    )
+    rows: list[dict[str, Any]] = []
+    commands = [" ".join(["python", "studies/frequency_estimators.py", *sys.argv[1:]])]
+    if arguments.rows_from is not None:
+        with open(arguments.rows_from, encoding="utf-8") as handle:
+            earlier = json.load(handle)
+        rows += earlier["rows"]
+        commands = earlier.get("commands", [earlier.get("command")]) + commands
+    if not arguments.skip_planted:
+        rows += planted(
+            [int(seed) for seed in arguments.seeds.split(",")],
+            tuple(int(dim) for dim in arguments.dims.split(",")),
+            arguments.max_count,
+        )
     if not arguments.skip_digits:
         digits_runs = _train_digits(os.path.join(arguments.output, "digits_ntxent"), "ntxent")
         checkpoints = sorted(glob.glob(os.path.join(digits_runs, "checkpoints", "*.pt")))
@@ -434,7 +448,7 @@ def main() -> None:
     )
     with open(os.path.join(arguments.output, "frequency_estimators.json"), "w", encoding="utf-8") as handle:
         json.dump(
-            {"command": " ".join(sys.argv), "chosen": chosen, "targets": targets, "rows": rows, "summary": summary},
+            {"commands": commands, "chosen": chosen, "targets": targets, "rows": rows, "summary": summary},
             handle,
             indent=1,
         )

@@ -91,8 +91,8 @@ class PseudoLabeler:
         num_samples: ``N``, the size of the training set; indices lie in ``[0, N)``.
         feature_dim: ``D``, the feature size stored in the bank.
         estimator: a :class:`~tase_loss.estimators.FrequencyEstimator` or its name
-            (``"knn-density"``, the measured default; ``"cluster-size"``,
-            ``"merged-clusters"``, ``"momentum-loss"``).
+            (``"stable-count"``, the measured default; ``"knn-density"``,
+            ``"cluster-size"``, ``"merged-clusters"``, ``"momentum-loss"``).
         warmup_epochs: epochs of plain NT-Xent before the first estimate, ``>= 1``.
         estimate_every: epochs between estimates after the warm-up.
         momentum: EMA factor of the log-frequency, in ``[0, 1)``; ``0`` keeps only the

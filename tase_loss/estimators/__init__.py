@@ -75,8 +75,8 @@ ESTIMATORS: dict[str, type[FrequencyEstimator]] = {
 }
 """Estimator name -> class."""
 
-DEFAULT_ESTIMATOR = "knn-density"
-"""The estimator ``studies/frequency_estimators.py`` chose (docs/results.md)."""
+DEFAULT_ESTIMATOR = "stable-count"
+"""The estimator ``studies/frequency_estimators.py``'s selection rule chose (docs/results.md)."""
 
 
 def build_estimator(estimator: Union[str, FrequencyEstimator, None] = None, **options: Any) -> FrequencyEstimator:
@@ -86,7 +86,7 @@ def build_estimator(estimator: Union[str, FrequencyEstimator, None] = None, **op
         >>> build_estimator("cluster-size", num_clusters=5).num_clusters
         (5,)
         >>> type(build_estimator()).__name__
-        'KNNDensityEstimator'
+        'StableCountEstimator'
     """
     if isinstance(estimator, FrequencyEstimator):
         if options:

@@ -230,7 +230,7 @@ class OracleContrastiveMethod(FixedFrequencyContrastiveMethod):
 class InputDensityContrastiveMethod(FixedFrequencyContrastiveMethod):
     """TASE with one label-free estimate from the un-augmented training images themselves.
 
-    At the end of the warm-up the run's estimator (default ``knn-density``) runs once on
+    At the end of the warm-up the run's estimator (default ``stable-count``) runs once on
     the flattened, L2-normalized training images and its estimate is kept. Measured in
     ``docs/results.md``: on CIFAR-10-LT at 16x16 this estimate ranks samples by class
     frequency better than any CPU encoder's features (Spearman 0.35 vs <= 0.17), so it
