@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive,
         default=None,
         help="epochs of NT-Xent before the first estimate, which ends epoch W (1-based) "
-        "(default: a quarter of --epochs, at most 10)",
+        "(default: PseudoLabeler's, 1, chosen by studies/warmup.py)",
     )
     tase.add_argument("--estimate-every", type=positive, default=1, help="epochs between estimates")
     tase.add_argument(

@@ -111,6 +111,7 @@ def _configure(arguments: argparse.Namespace, data, methods: list[str], epochs: 
     from tase_loss.experiments.methods.schedule import ScheduleSettings
     from tase_loss.experiments.runner import ExperimentConfig, resolve_device
     from tase_loss.experiments.training import TrainingConfig
+    from tase_loss.pseudo_labeler import DEFAULT_WARMUP_EPOCHS
     from tase_loss.reweighting import TemperatureMap
 
     digits = arguments.data == "digits"
@@ -121,7 +122,7 @@ def _configure(arguments: argparse.Namespace, data, methods: list[str], epochs: 
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose from auto, {', '.join(sorted(ENCODERS))}")
     epochs = epochs or arguments.epochs or (40 if digits else 200)
-    warmup = arguments.warmup_epochs or max(1, min(10, epochs // 4))
+    warmup = arguments.warmup_epochs or DEFAULT_WARMUP_EPOCHS
     sgd = arguments.optimizer == "sgd"
     clusters = tuple(arguments.clusters or [data.num_classes])
     if any(k < 1 or k > data.x_train.shape[0] for k in clusters):

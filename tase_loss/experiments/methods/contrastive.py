@@ -19,6 +19,7 @@ from tase_loss import (
 from tase_loss.estimators import FrequencyEstimator
 from tase_loss.experiments.encoders import ContrastiveModel
 from tase_loss.experiments.methods.base import Batch, Method, MethodContext, faiss_threads, frozen_copy, momentum_update
+from tase_loss.pseudo_labeler import DEFAULT_WARMUP_EPOCHS
 
 __all__ = [
     "ContrastiveMethod",
@@ -60,7 +61,7 @@ class TASESettings:
     max_weight: float = 10.0
     estimator: str = DEFAULT_ESTIMATOR
     num_clusters: tuple[int, ...] = (10,)
-    warmup_epochs: int = 10
+    warmup_epochs: int = DEFAULT_WARMUP_EPOCHS
     estimate_every: int = 1
     momentum: float = 0.5
 
