@@ -26,7 +26,6 @@ from tase_loss.estimators import FrequencyEstimate, FrequencyEstimator, build_es
 
 __all__ = ["FrequencyReference", "NotFittedError", "PseudoLabeler"]
 
-# 0.1 code that uses a 0.1 name also used 0.1's warm-up count.
 DEFAULT_WARMUP_EPOCHS = 1
 """Plain NT-Xent epochs before the first estimate, chosen by ``studies/warmup.py``'s rule
 (docs/results.md): on digits-LT a first estimate after one epoch is poor (Spearman 0.24)
@@ -34,6 +33,7 @@ but the moving average of the next estimates catches up (0.60 at the end, as wit
 warm-up of 10), and the accuracies differ little (Few +0.6 ± 0.9 points paired against a
 warm-up of 10, 5 seeds); a short run then uses estimates from its second epoch on."""
 
+# 0.1 code that uses a 0.1 name also used 0.1's warm-up count.
 _WARMUP_CHANGED = (
     "Also changed in 0.2.0: warmup_epochs=W now means W epochs of plain NT-Xent, the first "
     "estimate at the end of epoch W - 1 (0.1: W + 1 epochs, at the end of epoch W); pass "
@@ -263,22 +263,31 @@ class PseudoLabeler:
         warn_renamed("PseudoLabeler.recluster()", "estimate()")
         self.estimate()
 
+    def warmup_advice(self, epochs: int) -> str:
+        """What to change so that a run of ``epochs`` epochs uses an estimate."""
+        if epochs > 1:
+            return f"pass PseudoLabeler(warmup_epochs=...) below {epochs}"
+        return "TASE needs at least 2 epochs (the first estimate ends epoch 1)"
+
     def warn_if_unfitted(self, epochs: int) -> None:
         """Warn that a run of ``epochs`` epochs never used an estimate (TASE was plain NT-Xent).
 
         The first estimate is made at the end of epoch ``warmup_epochs`` (1-based) and
         guides the epochs after it, so a run of ``epochs <= warmup_epochs`` guided no batch,
-        even when that last estimate was made.
+        even when that last estimate was made; a longer run without any estimate never
+        called :meth:`end_epoch`.
         """
-        if epochs <= self.warmup_epochs or not self.is_fitted:
-            advice = (
-                f"pass PseudoLabeler(warmup_epochs=...) below {epochs}"
-                if epochs > 1
-                else "TASE needs at least 2 epochs (the first estimate ends epoch 1)"
-            )
+        if epochs <= self.warmup_epochs:
             warnings.warn(
                 f"training ended after {epochs} epoch(s) inside the pseudo-labeler's warm-up of "
-                f"{self.warmup_epochs}: no batch used a frequency estimate, so TASE was plain NT-Xent; {advice}",
+                f"{self.warmup_epochs}: no batch used a frequency estimate, so TASE was plain NT-Xent; "
+                f"{self.warmup_advice(epochs)}",
+                stacklevel=2,
+            )
+        elif not self.is_fitted:
+            warnings.warn(
+                f"training ended after {epochs} epoch(s) without a frequency estimate, so TASE was plain "
+                "NT-Xent: call end_epoch(epoch) after every epoch",
                 stacklevel=2,
             )
 

@@ -126,6 +126,9 @@ def test_a_run_as_long_as_the_warmup_warns_though_it_estimated_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         labeler.warn_if_unfitted(epochs=3)  # epoch 3 was guided
+    never = PseudoLabeler(40, 4, warmup_epochs=2)
+    with pytest.warns(UserWarning, match=r"after 5 epoch\(s\) without a frequency estimate.*call end_epoch"):
+        never.warn_if_unfitted(epochs=5)
 
 
 def test_a_loop_that_never_calls_end_epoch_is_told_once():

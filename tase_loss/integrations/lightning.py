@@ -45,15 +45,10 @@ class PseudoLabelerCallback(Callback):
         max_epochs = getattr(trainer, "max_epochs", None)
         warmup = self.pseudo_labeler.warmup_epochs
         if isinstance(max_epochs, int) and 0 < max_epochs <= warmup:
-            advice = (
-                f"pass PseudoLabeler(warmup_epochs=...) below {max_epochs}"
-                if max_epochs > 1
-                else "TASE needs at least 2 epochs (the first estimate ends epoch 1)"
-            )
             warnings.warn(
                 f"Trainer(max_epochs={max_epochs}) ends inside the pseudo-labeler's warm-up of {warmup} "
                 f"epochs: the first estimate comes after epoch {warmup}, so no batch will use it and TASE "
-                f"will train plain NT-Xent; {advice}",
+                f"will train plain NT-Xent; {self.pseudo_labeler.warmup_advice(max_epochs)}",
                 stacklevel=2,
             )
 
