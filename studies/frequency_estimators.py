@@ -235,12 +235,12 @@ def _last_estimates(results_path: str, dataset: str, estimator: Optional[str] = 
     """The last estimate's quality in each ``tase`` run of a runner results.json."""
     with open(results_path, encoding="utf-8") as handle:
         results = json.load(handle)
+    configured = results["config"] if isinstance(results["config"], dict) else results["config"][0]
+    name = estimator or configured["settings"]["tase"]["estimator"]
     rows = []
     for run in results["runs"]:
         if run["method"] != "tase":
             continue
-        configured = results["config"] if isinstance(results["config"], dict) else results["config"][0]
-        name = estimator or configured["settings"]["tase"]["estimator"]
         last = [record for record in run["history"] if "spearman" in record][-1]
         rows.append(
             {

@@ -112,6 +112,9 @@ def test_deterministic_for_a_seed_and_labels_from_the_first_grouping():
 
 
 def test_bad_options_are_clear_errors():
+    assert StableCountEstimator((7,)).num_clusters == (7,)  # the runner's --clusters form
+    with pytest.raises(ValueError, match=r"must be one number of groups, got \(10, 20\)"):
+        StableCountEstimator((10, 20))
     with pytest.raises(ValueError, match="stable must be above unstable"):
         StableCountEstimator(unstable=0.9, stable=0.9)
     with pytest.raises(ValueError, match="within"):

@@ -10,7 +10,7 @@ import torch
 
 from tase_loss._validation import check_real
 from tase_loss.estimators.base import FrequencyEstimate, FrequencyEstimator
-from tase_loss.estimators.clustering import MergedClusterEstimator
+from tase_loss.estimators.clustering import MergedClusterEstimator, _cluster_counts
 from tase_loss.estimators.density import KNNDensityEstimator
 
 __all__ = ["StableCountEstimator", "adjusted_rand_index"]
@@ -71,8 +71,9 @@ class StableCountEstimator(FrequencyEstimator):
     encoders (docs/results.md).
 
     Args:
-        num_clusters: ``C``, the number of groups (a sequence: only its first value is used
-            for groups; kept for the runner's ``--clusters``).
+        num_clusters: ``C``, the number of groups (a one-element sequence is accepted, as the
+            runner's ``--clusters`` gives it; the stability test needs one grouping, not an
+            ensemble).
         over_clustering: fine k-means clusters per group.
         unstable: stability at and below which the estimate is the density alone.
         stable: stability at and above which the group shares are trusted fully.
@@ -105,8 +106,11 @@ class StableCountEstimator(FrequencyEstimator):
         within: float = 0.5,
         density: Union[KNNDensityEstimator, None] = None,
     ) -> None:
-        self.groups = MergedClusterEstimator(num_clusters, over_clustering=over_clustering)
-        self.num_clusters = self.groups.num_clusters[:1]
+        counts = _cluster_counts(num_clusters)
+        if len(counts) != 1:
+            raise ValueError(f"num_clusters of stable-count must be one number of groups, got {num_clusters!r}")
+        self.groups = MergedClusterEstimator(counts[0], over_clustering=over_clustering)
+        self.num_clusters = counts
         self.unstable = check_real("unstable", unstable, -1.0, 1.0)
         self.stable = check_real("stable", stable, -1.0, 1.0)
         if not self.stable > self.unstable:
@@ -118,6 +122,8 @@ class StableCountEstimator(FrequencyEstimator):
         self.minimum_samples = max(self.groups.minimum_samples, self.density.minimum_samples)
 
     def _estimate(self, points, seed, num_threads, loss):  # type: ignore[no-untyped-def]
+        # The parts' _estimate: the points are validated once, and the density needs no
+        # k-means labels of its own (estimate() would add them).
         first, second = (self.groups._estimate(points, seed + member, num_threads, None) for member in (0, 1))
         labels = first.labels.numpy()
         stability = adjusted_rand_index(labels, second.labels.numpy())
