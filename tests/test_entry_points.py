@@ -86,6 +86,7 @@ TINY_RUNS = {
         ["--dims", "32", "--seeds", "0", "--max-count", "100", "--skip-digits", "--cifar", "none", "--output", "{tmp}"],
         "meets the most targets",
     ),
+    "studies/stable_count_trust.py": (["--max-count", "100", "--dims", "32", "--seeds", "0"], "| high |"),
     "studies/warmup.py": (["--epochs", "2", "--seeds", "0", "--warmups", "1", "--output", "{tmp}"], "warm-up **1**"),
     "benchmarks/bench_fused.py": (
         ["--rows", "128", "--rounds", "1", "--memory-rows", "128", "--moco-queue", "128"],
