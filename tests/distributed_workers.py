@@ -108,7 +108,7 @@ LABELER_ESTIMATORS = {
     "cluster-size": lambda: ClusterSizeEstimator(LABELER_CLUSTERS),
     "knn-density": lambda: KNNDensityEstimator(num_neighbors=5, graph_neighbors=8),
     "stable-count": lambda: StableCountEstimator(
-        LABELER_CLUSTERS, density=KNNDensityEstimator(num_neighbors=5, graph_neighbors=8)
+        LABELER_CLUSTERS[0], density=KNNDensityEstimator(num_neighbors=5, graph_neighbors=8)
     ),
 }
 
