@@ -1,6 +1,6 @@
 """Sizes and options of the benchmark run; collects the report and prints it at the end.
 
-``pytest benchmarks/`` runs the quick sweep (about 3 minutes on 2 CPU cores);
+``pytest benchmarks/`` runs the quick sweep (2-3 minutes on 2 CPU cores, benchmarks/README.md);
 ``pytest benchmarks/ --full`` runs the full one, ``--smoke`` every benchmark once at a
 tiny size (what CI runs: it checks that each still runs, its figures mean nothing). The
 default test run never collects this folder (``testpaths`` in pyproject.toml).
