@@ -174,7 +174,13 @@ def _plot_estimates_over_epochs(axis: Any, results: dict[str, Any], colors: dict
     if drawn:
         axis.legend(fontsize=7)
     else:
-        axis.text(0.5, 0.5, "no estimate in this run", ha="center", va="center", transform=axis.transAxes)
+        estimated = any("spearman" in record for run in results["runs"] for record in run["history"])
+        message = (
+            "estimates were made, but these runs' history has no summary (recorded from 2026-12-06 on)"
+            if estimated
+            else "no estimate in this run"
+        )
+        axis.text(0.5, 0.5, message, ha="center", va="center", transform=axis.transAxes)
 
 
 def plot_results(results: dict[str, Any], path: str) -> None:
