@@ -91,10 +91,10 @@ class _GuidedLoss(nn.Module):
             >>> scalars = criterion.end_epoch(0, log=lambda scalars, epoch: print(epoch, int(scalars["num_groups"])))
             0 10
         """
-        labeler = self._require_guidance().pseudo_labeler
-        if not labeler.end_epoch(epoch):
+        guidance = self._require_guidance()
+        if not guidance.pseudo_labeler.end_epoch(epoch):
             return {}
-        scalars = {**labeler.last_diagnostics, **self._require_guidance().summary()}
+        scalars = {**guidance.pseudo_labeler.last_diagnostics, **guidance.summary()}
         if log is not None:
             log(scalars, epoch)
         return scalars
