@@ -16,7 +16,7 @@ from tase_loss import (
     build_estimator,
     knn_log_density,
 )
-from tase_loss.estimators import ESTIMATORS, intrinsic_dimension
+from tase_loss.estimators import ESTIMATORS, adjusted_rand_index, intrinsic_dimension
 from tase_loss.estimators.density import _mutual_edges, reference_size
 from tase_loss.experiments.data import group_classes, planted_mixture
 from tase_loss.experiments.evaluation import frequency_quality
@@ -45,6 +45,50 @@ def test_merged_clusters_count_a_split_head_class_whole():
     expected = torch.log(torch.tensor(sizes, dtype=torch.float64) / sum(sizes))[labels]
     torch.testing.assert_close(estimate.log_frequency, expected)
     assert estimate.diagnostics["num_fine_clusters"] > 3
+
+
+def _outlier_rule_by_loop(points, groups, over_clustering, fraction, seed):
+    """MergedClusterEstimator's grouping written out: the same FAISS k-means and scipy tree,
+    then the cut and the outliers' reassignment as plain loops."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    from tase_loss._faiss import spherical_kmeans
+
+    count = points.shape[0]
+    fine = over_clustering * groups
+    assignment, centroids = spherical_kmeans(points, fine, seed=seed, num_threads=1)
+    sizes = {cluster: int((assignment == cluster).sum()) for cluster in range(fine)}
+    used = [cluster for cluster in range(fine) if sizes[cluster] > 0]
+    unit = {cluster: centroids[cluster] / np.linalg.norm(centroids[cluster]) for cluster in used}
+    tree = linkage(np.stack([unit[c] for c in used]).astype(np.float64), method="average", metric="cosine")
+    for cut in range(groups, len(used) + 1):
+        group = dict(zip(used, fcluster(tree, cut, criterion="maxclust")))
+        mass = {}
+        for cluster in used:
+            mass[group[cluster]] = mass.get(group[cluster], 0) + sizes[cluster]
+        kept = {g for g, total in mass.items() if total >= fraction * count / fine}
+        if len(kept) == groups:
+            break
+    final = dict(group)
+    for cluster in used:
+        if group[cluster] not in kept:
+            nearest = max((c for c in used if group[c] in kept), key=lambda c: float(unit[cluster] @ unit[c]))
+            final[cluster] = group[nearest]
+    return np.array([final[cluster] for cluster in assignment])
+
+
+def test_outlier_clusters_take_no_group_as_a_loop_computes():
+    """On this mixture (a development seed) average linkage cut at C keeps a few far-off
+    points as a group of their own; the rule gives that group to a class instead."""
+    points, _ = planted_mixture(100, "low", dim=32, spread="independent")
+    estimate = MergedClusterEstimator(10).estimate(torch.from_numpy(points), seed=0, num_threads=1)
+    expected = _outlier_rule_by_loop(points, 10, 10, 0.1, seed=0)
+    assert adjusted_rand_index(estimate.labels.numpy(), expected) == 1.0
+    assert estimate.diagnostics["outlier_fine_clusters"] >= 1
+    smallest = 0.1 * points.shape[0] / 100
+    assert np.bincount(estimate.labels.numpy()).min() >= smallest
+    every_group = MergedClusterEstimator(10, min_group_fraction=0.0).estimate(torch.from_numpy(points), seed=0)
+    assert np.bincount(every_group.labels.numpy()).min() < smallest
 
 
 def test_intrinsic_dimension_of_a_line_and_a_plane():
@@ -118,6 +162,7 @@ def test_every_estimator_is_deterministic_and_non_positive(name):
     [
         (lambda: ClusterSizeEstimator(num_clusters=0), "num_clusters must be an integer >= 1"),
         (lambda: MergedClusterEstimator(over_clustering=0), "over_clustering must be an integer >= 1"),
+        (lambda: MergedClusterEstimator(min_group_fraction=1.5), "min_group_fraction must be"),
         (lambda: KNNDensityEstimator(num_neighbors=0), "num_neighbors must be an integer >= 1"),
         (lambda: KNNDensityEstimator(kernel="box"), "kernel must be one of"),
         (lambda: MomentumLossEstimator(scale=float("nan")), "scale must be a finite number > 0"),

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tase_loss._faiss import spherical_kmeans
-from tase_loss._validation import check_int
+from tase_loss._validation import check_int, check_real
 from tase_loss.estimators.base import FrequencyEstimate, FrequencyEstimator
 
 __all__ = ["ClusterSizeEstimator", "MergedClusterEstimator"]
@@ -117,13 +117,22 @@ class MergedClusterEstimator(_ClusteringEstimator):
     a tail class at least one), and average linkage on the unit centroids (cosine
     distance, each centroid one item) joins clusters of one class before clusters of
     different classes, so the group sizes follow the class sizes when the classes are
-    separated. Groups are cut at ``C`` with scipy's ``fcluster(criterion="maxclust")``.
+    separated. Groups are cut from the tree with scipy's ``fcluster(criterion="maxclust")``.
+
+    Outliers do not take a group: average linkage keeps a far-off fine cluster of a few
+    points apart to the last, and cut at ``C`` such a cluster would use up a group, so two
+    real classes would share one. A group must hold at least ``min_group_fraction`` of an
+    average fine cluster (``n / k`` points); the tree is cut at the fewest groups that give
+    ``C`` groups of that size, and the fine clusters of smaller groups join the group of
+    their most similar kept fine centroid.
 
     Args:
         num_clusters: ``C``, the number of groups (or a sequence: an ensemble).
         over_clustering: fine clusters per group; ``k = min(over_clustering * C, n // 2)``.
         num_iterations: k-means iterations.
         max_training_points: training subsample of the fine k-means.
+        min_group_fraction: the smallest group, as a fraction of ``n / k`` (``0``: every
+            group counts, the 0.2 behaviour).
 
     Example:
         >>> import torch
@@ -144,9 +153,11 @@ class MergedClusterEstimator(_ClusteringEstimator):
         over_clustering: int = 10,
         num_iterations: int = 20,
         max_training_points: int = 100_000,
+        min_group_fraction: float = 0.1,
     ) -> None:
         super().__init__(num_clusters, num_iterations, max_training_points)
         self.over_clustering = check_int("over_clustering", over_clustering, minimum=1)
+        self.min_group_fraction = check_real("min_group_fraction", min_group_fraction, 0.0, 1.0)
         self.minimum_samples = 2 * max(self.num_clusters)
 
     def _groups(self, points, groups, seed, num_threads):  # type: ignore[no-untyped-def]
@@ -154,12 +165,27 @@ class MergedClusterEstimator(_ClusteringEstimator):
 
         fine = max(groups, min(self.over_clustering * groups, points.shape[0] // 2))
         assignment, centroids = self._kmeans(points, fine, seed, num_threads)
-        used = np.flatnonzero(np.bincount(assignment, minlength=fine))
+        sizes = np.bincount(assignment, minlength=fine)
+        used = np.flatnonzero(sizes)
         group_of = np.zeros(fine, dtype=np.int64)
+        outliers = 0
         if used.size > groups:
             unit = centroids[used] / np.linalg.norm(centroids[used], axis=1, keepdims=True)
             tree = linkage(unit.astype(np.float64), method="average", metric="cosine")
-            group_of[used] = fcluster(tree, groups, criterion="maxclust") - 1
+            smallest = self.min_group_fraction * points.shape[0] / fine
+            # One more cut splits one group in two, so the count of kept groups grows by
+            # at most one a cut: the first cut with C kept groups has exactly C.
+            for cut in range(groups, used.size + 1):
+                cluster = fcluster(tree, cut, criterion="maxclust") - 1
+                kept = np.bincount(cluster, weights=sizes[used]) >= smallest
+                if kept.sum() >= groups:
+                    break
+            inside = kept[cluster]
+            outliers = int((~inside).sum())
+            if outliers:
+                nearest = (unit[~inside] @ unit[inside].T).argmax(axis=1)
+                cluster[~inside] = cluster[inside][nearest]
+            group_of[used] = np.unique(cluster, return_inverse=True)[1]
         else:
             group_of[used] = np.arange(used.size)
-        return group_of[assignment], {"num_fine_clusters": float(used.size)}
+        return group_of[assignment], {"num_fine_clusters": float(used.size), "outlier_fine_clusters": float(outliers)}

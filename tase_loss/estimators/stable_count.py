@@ -45,6 +45,15 @@ def adjusted_rand_index(first: np.ndarray, second: np.ndarray) -> float:
     return (joint - expected) / (maximum - expected)
 
 
+DENSITY_SMOOTHING_ROUNDS = 10
+"""Smoothing rounds of stable-count's density (knn-density's own default is 3).
+
+Chosen on the development digits-LT encoders (seeds 10-12, backbone features): the
+per-sample Spearman of the density is 0.59 at 3 rounds, 0.63 at 6, 0.65 at 10 and 0.66 at
+15, while its class-level Spearman (0.68 from 6 rounds on) and its gap fall beyond 10.
+"""
+
+
 class StableCountEstimator(FrequencyEstimator):
     """Count a sample's kind where the data form stable groups; fall back to density where not.
 
@@ -78,7 +87,8 @@ class StableCountEstimator(FrequencyEstimator):
         unstable: stability at and below which the estimate is the density alone.
         stable: stability at and above which the group shares are trusted fully.
         within: weight of the within-group density ordering.
-        density: the density estimator (default :class:`KNNDensityEstimator`'s defaults).
+        density: the density estimator (default :class:`KNNDensityEstimator` with
+            :data:`DENSITY_SMOOTHING_ROUNDS` smoothing rounds).
 
     Example:
         >>> import torch
@@ -116,7 +126,7 @@ class StableCountEstimator(FrequencyEstimator):
         if not self.stable > self.unstable:
             raise ValueError(f"stable must be above unstable, got stable={stable!r}, unstable={unstable!r}")
         self.within = check_real("within", within, 0.0)
-        self.density = KNNDensityEstimator() if density is None else density
+        self.density = KNNDensityEstimator(smoothing_rounds=DENSITY_SMOOTHING_ROUNDS) if density is None else density
         if not isinstance(self.density, KNNDensityEstimator):
             raise TypeError(f"density must be a KNNDensityEstimator, got {type(density).__name__}")
         self.minimum_samples = max(self.groups.minimum_samples, self.density.minimum_samples)
