@@ -27,8 +27,8 @@ On three kinds of data:
 
 The selection rule, written before the runs (issue 22) and applied by :func:`select_default`:
 the default is the feature estimator that meets the most of these targets on the held-out
-data of this study (the estimators were tuned only on a planted mixture of seed 100 and
-digits-LT encoders of seeds 10-12):
+data of this study (the estimators were tuned only on planted mixtures of seeds 100-103
+and digits-LT encoders of seeds 10-12):
 
 1. separable planted mixtures (the ``low`` overlap), every D, spread order, sub-cluster
    setting and seed: class-level Spearman >= 0.9 in every one;
@@ -45,7 +45,7 @@ Usage (the command behind docs/results.md)::
 
     python studies/frequency_estimators.py --output runs/study \\
         --cifar-checkpoints runs/cifar60_repro/jobs/*_seed0/checkpoints/*.pt \\
-        --cifar-runs docs/results/cifar10_lt_cpu60/results.json runs/cifar60_stable/results.json
+        --cifar-runs docs/results/cifar10_lt_cpu60/results.json docs/results/cifar10_lt_cpu60_stable/results.json
     cp runs/study/frequency_estimators.{md,json} docs/results/frequency_estimators/
 """
 
@@ -232,15 +232,26 @@ def _train_digits(output: str, methods: str, estimator: Optional[str] = None) ->
 
 
 def _last_estimates(results_path: str, dataset: str, estimator: Optional[str] = None) -> list[dict[str, Any]]:
-    """The last estimate's quality in each ``tase`` run of a runner results.json."""
+    """The last estimate's quality in each ``tase`` run of a runner results.json.
+
+    A merged results.json (``--merge``) holds one config per job: each run's estimator is
+    read from the config of its own job, not from the first job's.
+    """
     with open(results_path, encoding="utf-8") as handle:
         results = json.load(handle)
-    configured = results["config"] if isinstance(results["config"], dict) else results["config"][0]
-    name = estimator or configured["settings"]["tase"]["estimator"]
+    configs = [results["config"]] if isinstance(results["config"], dict) else results["config"]
+
+    def estimator_of(run: dict[str, Any]) -> str:
+        if estimator is not None:
+            return estimator
+        own = [c for c in configs if run["method"] in c["methods"] and run["seed"] in c["seeds"]]
+        return (own or configs)[0]["settings"]["tase"]["estimator"]
+
     rows = []
     for run in results["runs"]:
         if run["method"] != "tase":
             continue
+        name = estimator_of(run)
         last = [record for record in run["history"] if "spearman" in record][-1]
         rows.append(
             {

@@ -132,6 +132,35 @@ def test_a_missing_data_file_names_the_option_and_the_variable(tmp_path):
     assert finished.returncode != 0 and "TASE_LOSS_DATA" in finished.stdout + finished.stderr
 
 
+def test_estimator_study_names_each_merged_run_by_its_own_job(tmp_path):
+    """A merged results.json lists one config per job; a ``tase`` run's estimator is its
+    job's, not the first job's (an NT-Xent job's settings name the package default)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("frequency_estimators", ROOT / "studies/frequency_estimators.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+
+    def job(method, seed, estimator):
+        return {"methods": [method], "seeds": [seed], "settings": {"tase": {"estimator": estimator}}}
+
+    def run(method, seed):
+        history = [{"epoch": 0, "spearman": 0.1 * (seed + 1)}]
+        return {"method": method, "seed": seed, "history": history, "linear": {"few": 1.0, "all": 2.0}}
+
+    merged = {
+        "config": [job("ntxent", 0, "knn-density"), job("tase", 0, "stable-count"), job("tase", 1, "merged-clusters")],
+        "runs": [run("ntxent", 0), run("tase", 0), run("tase", 1)],
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(merged))
+    rows = study._last_estimates(str(path), "data")
+    assert [(row["seed"], row["estimator"], row["spearman"]) for row in rows] == [
+        (0, "stable-count", 0.1),
+        (1, "merged-clusters", 0.2),
+    ]
+
+
 @pytest.mark.slow
 def test_pseudo_label_quality_study_on_a_runner_checkpoint(tmp_path):
     """The runner trains one tiny digits encoder; the study reads its checkpoint."""

@@ -131,8 +131,8 @@ class MergedClusterEstimator(_ClusteringEstimator):
         over_clustering: fine clusters per group; ``k = min(over_clustering * C, n // 2)``.
         num_iterations: k-means iterations.
         max_training_points: training subsample of the fine k-means.
-        min_group_fraction: the smallest group, as a fraction of ``n / k`` (``0``: every
-            group counts, the 0.2 behaviour).
+        min_group_fraction: the smallest group, as a fraction of ``n / k`` (``0`` turns
+            the rule off: every group of the cut at ``C`` counts).
 
     Example:
         >>> import torch

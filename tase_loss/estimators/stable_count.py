@@ -49,8 +49,11 @@ DENSITY_SMOOTHING_ROUNDS = 10
 """Smoothing rounds of stable-count's density (knn-density's own default is 3).
 
 Chosen on the development digits-LT encoders (seeds 10-12, backbone features): the
-per-sample Spearman of the density is 0.59 at 3 rounds, 0.63 at 6, 0.65 at 10 and 0.66 at
-15, while its class-level Spearman (0.68 from 6 rounds on) and its gap fall beyond 10.
+per-sample Spearman of the density is 0.59 at 3 rounds, 0.63 at 6, 0.65 at 10 and 0.67 at
+20; its class-level Spearman is 0.75 at 3 rounds, 0.68 at 6 and 10 and 0.66 at 20, and its
+gap recovered 0.70, 0.66, 0.61 and 0.54. Ten rounds: most of the per-sample gain before the
+class-level Spearman falls again. Smoothing averages the density across overlapping
+classes, so it compresses the head/tail gap where classes overlap (docs/results.md).
 """
 
 
