@@ -128,12 +128,13 @@ class Guidance:
             weight = self.reweighter.from_log_frequency(log_frequency, reference)
         return temperature, weight
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, diagnostics: bool = False) -> dict[str, float]:
         """The latest estimate in scalars, for a logger; empty before the first estimate.
 
-        :meth:`PseudoLabeler.summary`'s keys (groups, shares, log-frequency span) and the
-        range of the per-sample maps: ``temperature_min``/``temperature_max`` and
-        ``weight_min``/``weight_max`` (each only when that map is set).
+        :meth:`PseudoLabeler.summary`'s keys (groups, shares, log-frequency span; with
+        ``diagnostics``, the estimator's own scalars too) and the range of the per-sample
+        maps: ``temperature_min``/``temperature_max`` and ``weight_min``/``weight_max``
+        (each only when that map is set).
 
         Example:
             >>> import torch
@@ -145,7 +146,7 @@ class Guidance:
             >>> sorted(guidance.summary())[-2:]
             ['temperature_max', 'temperature_min']
         """
-        scalars = self.pseudo_labeler.summary()
+        scalars = self.pseudo_labeler.summary(diagnostics)
         if not scalars:
             return scalars
         for name, table in zip(("temperature", "weight"), self.tables(torch.device("cpu"))):

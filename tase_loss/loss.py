@@ -94,7 +94,7 @@ class _GuidedLoss(nn.Module):
         guidance = self._require_guidance()
         if not guidance.pseudo_labeler.end_epoch(epoch):
             return {}
-        scalars = {**guidance.pseudo_labeler.last_diagnostics, **guidance.summary()}
+        scalars = guidance.summary(diagnostics=True)
         if log is not None:
             log(scalars, epoch)
         return scalars

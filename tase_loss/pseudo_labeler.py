@@ -371,11 +371,17 @@ class PseudoLabeler:
         labelled = self.labels[self.labels >= 0]
         return torch.bincount(labelled) if labelled.numel() else torch.zeros(0, dtype=torch.int64)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, diagnostics: bool = False) -> dict[str, float]:
         """Scalars describing the latest estimate, for a logger; empty before the first.
 
-        Keys: ``num_groups`` (non-empty groups), ``largest_group_share``,
-        ``smallest_group_share``, ``log_frequency_span`` (``log_max - log_min``).
+        Args:
+            diagnostics: also include the estimator's own scalars (:attr:`last_diagnostics`:
+                its ``seconds``, scales, sizes), as ``criterion.end_epoch`` and the Lightning
+                callback log them. The keys below win a clash.
+
+        Returns:
+            ``num_groups`` (non-empty groups), ``largest_group_share``,
+            ``smallest_group_share``, ``log_frequency_span`` (``log_max - log_min``).
         """
         if not self.is_fitted:
             return {}
@@ -384,6 +390,7 @@ class PseudoLabeler:
         reference = self.frequency_reference()
         total = float(sizes.sum()) if sizes.numel() else 1.0
         return {
+            **(self.last_diagnostics if diagnostics else {}),
             "num_groups": float(sizes.numel()),
             "largest_group_share": float(sizes.max()) / total if sizes.numel() else 0.0,
             "smallest_group_share": float(sizes.min()) / total if sizes.numel() else 0.0,

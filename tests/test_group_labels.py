@@ -33,6 +33,9 @@ def test_labeler_group_sizes_count_its_labels_and_survive_a_round_trip():
     summary = labeler.summary()
     assert summary["num_groups"] == float((sizes > 0).sum())
     assert summary["largest_group_share"] == pytest.approx(float(sizes.max()) / len(points))
+    assert "seconds" not in summary
+    with_diagnostics = labeler.summary(diagnostics=True)
+    assert with_diagnostics == {**labeler.last_diagnostics, **summary} and "seconds" in with_diagnostics
     restored = PseudoLabeler(len(points), points.shape[1], warmup_epochs=1)
     restored.load_state_dict(labeler.state_dict())
     assert torch.equal(restored.labels, labeler.labels) and torch.equal(restored.group_sizes, sizes)

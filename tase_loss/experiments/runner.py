@@ -82,11 +82,12 @@ def _seed_everything(seed: int) -> None:
 def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str, Any]]:
     """Epoch callback: how well the method's fresh frequency estimates follow the classes.
 
-    Beside :func:`frequency_quality`'s scores: the estimate's groups (``num_groups``,
-    ``group_sizes`` largest first) and their ``purity`` against the true classes (the
-    share of samples in their group's majority class), and the method's
-    :meth:`~tase_loss.Guidance.summary` (log-frequency span, temperature and weight
-    range), the same scalars the Lightning callback and ``criterion.end_epoch`` log.
+    Beside :func:`frequency_quality`'s scores: the group sizes (``group_sizes``, largest
+    first) and their ``purity`` against the true classes (the share of samples in their
+    group's majority class), and the method's :meth:`~tase_loss.Guidance.summary`
+    (``num_groups``, log-frequency span, temperature and weight range), the scalars the
+    Lightning callback and ``criterion.end_epoch`` log less the estimator's diagnostics
+    (whose ``seconds`` would overwrite the epoch's).
     """
 
     def measure(epoch: int, method: Method) -> dict[str, Any]:
@@ -101,13 +102,9 @@ def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str,
         if (labels >= 0).all():
             sizes = np.bincount(labels)
             majority = sum(np.bincount(data.y_train[labels == group]).max() for group in np.flatnonzero(sizes))
-            record.update(
-                num_groups=int((sizes > 0).sum()),
-                group_sizes=sorted(sizes[sizes > 0].tolist(), reverse=True),
-                purity=float(majority / labels.size),
-            )
-        if method.guidance is not None:
-            record.update(method.guidance.summary())
+            record["group_sizes"] = sorted(sizes[sizes > 0].tolist(), reverse=True)
+            record["purity"] = float(majority / labels.size)
+        record.update((method.guidance or labeler).summary())
         return record
 
     return measure

@@ -72,8 +72,7 @@ class PseudoLabelerCallback(Callback):
                 ),
                 None,
             )
-            summary = guidance.summary() if guidance is not None else self.pseudo_labeler.summary()
-            scalars = {**self.pseudo_labeler.last_diagnostics, **summary}
+            scalars = (guidance or self.pseudo_labeler).summary(diagnostics=True)
             pl_module.log_dict({f"tase/{name}": value for name, value in scalars.items()}, on_epoch=True)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
