@@ -224,7 +224,11 @@ class PseudoLabeler:
             self.sample_loss[rows.cpu()] = values.cpu()
 
     def _check_end_epoch_is_called(self, rows: int) -> None:
-        """Warn once when more than ``warmup_epochs + 1`` epochs of rows came and no end_epoch()."""
+        """Warn once when more than ``warmup_epochs + 1`` epochs of rows came, no end_epoch() and no estimate.
+
+        A labeler whose estimate was loaded (:meth:`load_state_dict`, as the runner's fixed
+        oracle does) guides the loss without end_epoch(), so it is not warned.
+        """
         if self._rows_before_end_epoch is None:
             return
         self._rows_before_end_epoch += rows
@@ -232,6 +236,8 @@ class PseudoLabeler:
         epochs = self._rows_before_end_epoch * world / self.num_samples
         if epochs > self.warmup_epochs + 1:
             self._rows_before_end_epoch = None
+            if self.is_fitted:
+                return
             warnings.warn(
                 f"PseudoLabeler: {epochs:.1f} epochs of rows stored and end_epoch() was never called: "
                 "without it no frequency estimate is made and TASE stays plain NT-Xent; call "

@@ -149,6 +149,20 @@ def test_a_loop_that_never_calls_end_epoch_is_told_once():
             called.end_epoch(epoch)
 
 
+def test_a_labeler_given_its_estimate_by_load_state_dict_is_not_told_to_call_end_epoch():
+    """The runner's tase-oracle loads fixed frequencies and never calls end_epoch(): not plain NT-Xent."""
+    labeler = PseudoLabeler(32, 4, warmup_epochs=1)
+    state = labeler.state_dict()
+    state.update(log_frequency=torch.full((32,), -3.0, dtype=torch.float64), num_estimates=1)
+    labeler.load_state_dict({**state, "has_estimate": torch.ones(32, dtype=torch.bool)})
+    assert labeler.is_fitted
+    criterion = TASEContrastiveLoss(pseudo_labeler=labeler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(5):
+            criterion(torch.randn(32, 4), torch.randn(32, 4), index=torch.arange(32))
+
+
 def test_the_loss_end_epoch_returns_and_logs_the_estimate_summary(tmp_path):
     labeler = PseudoLabeler(48, 4, warmup_epochs=2)
     criterion = TASEContrastiveLoss(pseudo_labeler=labeler, reweighter=SampleReweighter())
