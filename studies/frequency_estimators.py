@@ -44,7 +44,7 @@ CIFAR-10-LT is reported, not selected on (its encoders are few and weak).
 Usage (the command behind docs/results.md)::
 
     python studies/frequency_estimators.py --output runs/study \\
-        --cifar-checkpoints runs/cifar60_repro/jobs/*_seed0/checkpoints/*.pt \\
+        --cifar-checkpoints runs/cifar60_check/jobs/{ntxent,tase-oracle}_seed0/checkpoints/*.pt \\
         --cifar-runs docs/results/cifar10_lt_cpu60/results.json docs/results/cifar10_lt_cpu60_stable/results.json
     cp runs/study/frequency_estimators.{md,json} docs/results/frequency_estimators/
 """
