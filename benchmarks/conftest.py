@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from benchmarks.datasets import CIFAR10_LT, DATA_ENV, find_data_file  # noqa: E402
 from benchmarks.report import Report  # noqa: E402
+from tase_loss._faiss import import_faiss  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,9 @@ def _bench_config(config: pytest.Config) -> BenchConfig:
 
 def _limit_threads(count: int) -> object:
     """Limit every thread pool of this process and of the memory probes it starts."""
-    import faiss
     from threadpoolctl import threadpool_limits
+
+    faiss = import_faiss("the benchmarks")
 
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = str(count)  # inherited by the memory-probe processes

@@ -114,14 +114,15 @@ def _memory_gib() -> str:
 
 
 def _versions() -> list[str]:
-    import faiss
     import numpy
     import sklearn
     import torch
 
     import tase_loss
     from benchmarks import peers
+    from tase_loss._faiss import import_faiss
 
+    faiss = import_faiss("the benchmark report")
     versions = [
         f"tase-loss {tase_loss.__version__}",
         f"torch {torch.__version__}",
@@ -138,12 +139,17 @@ def _versions() -> list[str]:
 
 
 def _threads() -> str:
-    import faiss
     import torch
     from threadpoolctl import threadpool_info
 
+    from tase_loss._faiss import import_faiss
+
+    faiss = import_faiss("the benchmark report")
+    # OpenBLAS's kernel family ("architecture") is a factor of 3 in FAISS's speed.
     pools = ", ".join(
-        f"{pool['internal_api']} {pool['num_threads']}" for pool in threadpool_info()
+        f"{pool['internal_api']} {pool['num_threads']}"
+        + (f" ({pool['architecture']})" if pool.get("architecture") else "")
+        for pool in threadpool_info()
     )
     return (
         f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}; "

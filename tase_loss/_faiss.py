@@ -9,20 +9,49 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any, Optional
 
 import numpy as np
 
+OPENBLAS_CORES = {"AVX512": "SkylakeX", "AVX2": "Haswell"}
+"""The OpenBLAS kernels FAISS is loaded with, by torch's CPU capability.
+
+The OpenBLAS bundled in the faiss-cpu wheels (0.3.15) picks its kernels by CPU model and
+falls back to generic SSE3 ("Prescott") kernels on models newer than itself, such as
+Sapphire and Emerald Rapids, where every search and k-means GEMM then runs about three
+times slower (benchmarks/README.md). ``OPENBLAS_CORETYPE`` overrides the pick; it is read
+when the library loads.
+"""
+
 
 def import_faiss(purpose: str) -> Any:
-    """Import faiss, or fail with an install hint that says what needed it."""
+    """Import faiss, or fail with an install hint that says what needed it.
+
+    The first import loads FAISS's OpenBLAS with the kernels of :data:`OPENBLAS_CORES` for
+    the CPU torch detected (``torch.backends.cpu.get_cpu_capability()``), unless the user set
+    ``OPENBLAS_CORETYPE``: the variable is set for the import only, so no other library or
+    child process sees it. Where faiss was imported before, it is left as loaded.
+    """
+    if "faiss" in sys.modules:
+        return sys.modules["faiss"]
+    import torch
+
+    core = OPENBLAS_CORES.get(torch.backends.cpu.get_cpu_capability())
+    chosen = core is not None and "OPENBLAS_CORETYPE" not in os.environ
+    if chosen:
+        os.environ["OPENBLAS_CORETYPE"] = core
     try:
         import faiss
     except ImportError as error:  # pragma: no cover - exercised only without faiss
         raise ImportError(
             f"{purpose} need(s) FAISS: install it with `pip install faiss-cpu` (or faiss-gpu on a CUDA machine)"
         ) from error
+    finally:
+        if chosen:
+            del os.environ["OPENBLAS_CORETYPE"]
     return faiss
 
 

@@ -1,0 +1,45 @@
+"""import_faiss: FAISS's OpenBLAS gets the kernels of this CPU, a user's choice wins, nothing leaks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = """
+import json, os
+import torch
+from threadpoolctl import threadpool_info
+from tase_loss._faiss import OPENBLAS_CORES, import_faiss
+import_faiss("the test")
+pools = [pool for pool in threadpool_info() if pool["internal_api"] == "openblas" and "faiss" in pool["filepath"]]
+print(json.dumps({
+    "variable": os.environ.get("OPENBLAS_CORETYPE"),
+    "cores": [pool.get("architecture") for pool in pools],
+    "expected": OPENBLAS_CORES.get(torch.backends.cpu.get_cpu_capability()),
+}))
+"""
+
+
+def _import_in_a_fresh_process(**variables: str) -> dict:
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_CORETYPE"}
+    env.update(PYTHONPATH=str(REPO), **variables)
+    completed = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
+    return json.loads(completed.stdout)
+
+
+def test_faiss_openblas_is_loaded_with_the_kernels_of_this_cpu_and_the_variable_does_not_leak():
+    result = _import_in_a_fresh_process()
+    assert result["variable"] is None
+    if not result["cores"] or result["expected"] is None:
+        pytest.skip(f"no OpenBLAS bundled with faiss here, or no AVX2 ({result})")
+    assert result["cores"] == [result["expected"]]
+
+
+def test_a_user_set_openblas_coretype_is_kept():
+    result = _import_in_a_fresh_process(OPENBLAS_CORETYPE="Prescott")
+    assert result["variable"] == "Prescott"
+    assert result["cores"] in ([], ["Prescott"])
