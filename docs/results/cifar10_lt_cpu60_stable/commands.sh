@@ -17,3 +17,8 @@ python -m tase_loss.experiments --data ../shared/data/cifar10_lt_r100.npz --prob
     --output runs/cifar60_check --no-progress
 python -m tase_loss.experiments --merge runs/cifar60_check/jobs/*/results.json \
     --output docs/results/cifar10_lt_cpu60_stable
+# Stop 31: after FAISS's OpenBLAS was loaded with the CPU's kernels (commit 25bb948, SkylakeX
+# instead of the generic Prescott kernels these runs had), tase seeds 0 and 1 rerun from a
+# worktree of that commit reproduce these runs bit for bit (every epoch loss, estimate, probe):
+#   python -m tase_loss.experiments <the data and settings above> --methods tase --seeds 0,1 \
+#       --output runs/cifar60_kernels --no-progress
