@@ -71,11 +71,15 @@ class StableCountEstimator(FrequencyEstimator):
        are the data's structure come back under another seed; arbitrary cuts of a
        continuum do not.
     3. Trust ``t = clip((a - unstable) / (stable - unstable), 0, 1)``.
-    4. ``log f_i = t * (log s_g + within * (d_i - mean_g d)) + (1 - t) * d_i``: ``s_g`` the
-       share of ``i``'s group (the first grouping), ``d`` the :class:`KNNDensityEstimator`'s
-       log-frequency. The ``within`` term orders samples inside a group by density, so a
-       group that holds a dense head class and a few tail samples does not give both one
-       value; at ``t = 1`` its group mean is zero and the share alone sets the scale.
+    4. ``log f_i = t * max(log s_g + within * (d_i - mean_g d), min_h log s_h) + (1 - t) * d_i``:
+       ``s_g`` the share of ``i``'s group (the first grouping), ``d`` the
+       :class:`KNNDensityEstimator`'s log-frequency. The ``within`` term orders samples
+       inside a group by density, so a group that holds a dense head class and a few tail
+       samples does not give both one value; at ``t = 1`` its group mean is zero and the
+       share alone sets the scale. It never takes a sample below the smallest group's
+       share: a sparse sample of a wide class is not rarer than the rarest kind found
+       (without that floor, the density's spread put samples 2-3 nats below the rarest
+       class in 5 of 60 development mixtures).
 
     Shifted so that ``max log f <= 0``. Tuned (``unstable``, ``stable``, ``within``) on
     development data only (a planted mixture of seed 100 and three digits-LT encoders of
@@ -145,7 +149,8 @@ class StableCountEstimator(FrequencyEstimator):
         log_density = density.log_frequency.numpy()
         sizes = np.bincount(labels)
         group_mean = np.bincount(labels, log_density) / np.maximum(sizes, 1)
-        counted = first.log_frequency.numpy() + self.within * (log_density - group_mean[labels])
+        share = first.log_frequency.numpy()
+        counted = np.maximum(share + self.within * (log_density - group_mean[labels]), share.min())
         log_frequency = trust * counted + (1.0 - trust) * log_density
         log_frequency -= max(0.0, float(log_frequency.max()))
         diagnostics = {
