@@ -22,3 +22,7 @@ python -m tase_loss.experiments --merge runs/cifar60_check/jobs/*/results.json \
 # worktree of that commit reproduce these runs bit for bit (every epoch loss, estimate, probe):
 #   python -m tase_loss.experiments <the data and settings above> --methods tase --seeds 0,1 \
 #       --output runs/cifar60_kernels --no-progress
+# Stop 31, again: all 8 tase seeds rerun from a worktree of commit 249ec3d (stable-count's
+# within-term floor, and the kernels) reproduce these runs bit for bit:
+#   python -m tase_loss.experiments <the data and settings above> --methods tase \
+#       --seeds 0,1,2,3,4,5,6,7 --output runs/cifar60_floor --no-progress
