@@ -8,9 +8,11 @@ chosen in one place.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -33,13 +35,15 @@ def import_faiss(purpose: str) -> Any:
     The first import loads FAISS's OpenBLAS with the kernels of :data:`OPENBLAS_CORES` for
     the CPU torch detected (``torch.backends.cpu.get_cpu_capability()``), unless the user set
     ``OPENBLAS_CORETYPE``: the variable is set for the import only, so no other library or
-    child process sees it. Where faiss was imported before, it is left as loaded.
+    child process sees it. Where faiss was imported before, it is left as loaded, with a
+    warning (once) if that load picked the generic kernels on a CPU with better ones.
     """
-    if "faiss" in sys.modules:
-        return sys.modules["faiss"]
     import torch
 
     core = OPENBLAS_CORES.get(torch.backends.cpu.get_cpu_capability())
+    if "faiss" in sys.modules:
+        _warn_once_if_generic(core)
+        return sys.modules["faiss"]
     chosen = core is not None and "OPENBLAS_CORETYPE" not in os.environ
     if chosen:
         os.environ["OPENBLAS_CORETYPE"] = core
@@ -53,6 +57,45 @@ def import_faiss(purpose: str) -> Any:
         if chosen:
             del os.environ["OPENBLAS_CORETYPE"]
     return faiss
+
+
+_checked_loaded_kernels = False
+
+
+def _warn_once_if_generic(core: Optional[str]) -> None:
+    """Warn once where faiss was loaded elsewhere with OpenBLAS's generic kernels (Linux)."""
+    global _checked_loaded_kernels
+    if _checked_loaded_kernels:
+        return
+    _checked_loaded_kernels = True
+    if core is None or "OPENBLAS_CORETYPE" in os.environ:
+        return
+    if _loaded_openblas_core() == "Prescott":
+        warnings.warn(
+            "faiss was imported before tase_loss loaded it, and its OpenBLAS runs the generic "
+            f"'Prescott' kernels on this CPU: estimates run about 3x slower. Set OPENBLAS_CORETYPE={core} "
+            "before Python starts, or let tase_loss import faiss first.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _loaded_openblas_core() -> Optional[str]:
+    """``openblas_get_corename()`` of the OpenBLAS bundled with the loaded faiss; ``None`` where
+    it cannot be found (not Linux, or FAISS linked to another BLAS)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line and "faiss" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            corename = ctypes.CDLL(path).openblas_get_corename
+        except (OSError, AttributeError):
+            continue
+        corename.restype = ctypes.c_char_p
+        return corename().decode()
+    return None
 
 
 @contextlib.contextmanager
