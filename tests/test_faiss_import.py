@@ -24,15 +24,16 @@ print(json.dumps({
 """
 
 
-def _import_in_a_fresh_process(**variables: str) -> dict:
+def _in_a_fresh_process(script: str, **variables: str) -> dict:
+    """Run ``script`` in a new interpreter (no OPENBLAS_CORETYPE unless given) and parse its JSON."""
     env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_CORETYPE"}
     env.update(PYTHONPATH=str(REPO), **variables)
-    completed = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     return json.loads(completed.stdout)
 
 
 def test_faiss_openblas_is_loaded_with_the_kernels_of_this_cpu_and_the_variable_does_not_leak():
-    result = _import_in_a_fresh_process()
+    result = _in_a_fresh_process(SCRIPT)
     assert result["variable"] is None
     if not result["cores"] or result["expected"] is None:
         pytest.skip(f"no OpenBLAS bundled with faiss here, or no AVX2 ({result})")
@@ -40,7 +41,7 @@ def test_faiss_openblas_is_loaded_with_the_kernels_of_this_cpu_and_the_variable_
 
 
 def test_a_user_set_openblas_coretype_is_kept():
-    result = _import_in_a_fresh_process(OPENBLAS_CORETYPE="Prescott")
+    result = _in_a_fresh_process(SCRIPT, OPENBLAS_CORETYPE="Prescott")
     assert result["variable"] == "Prescott"
     assert result["cores"] in ([], ["Prescott"])
 
@@ -64,15 +65,8 @@ print(json.dumps({
 """
 
 
-def _preimported(**variables: str) -> dict:
-    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_CORETYPE"}
-    env.update(PYTHONPATH=str(REPO), **variables)
-    completed = subprocess.run([sys.executable, "-c", PREIMPORTED], env=env, capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout)
-
-
 def test_faiss_imported_first_with_the_generic_kernels_is_warned_about_once():
-    result = _preimported()
+    result = _in_a_fresh_process(PREIMPORTED)
     if result["loaded"] is None or result["expected"] is None:
         pytest.skip(f"no OpenBLAS bundled with faiss here, or no AVX2 ({result})")
     assert result["loaded"] == "Prescott"
@@ -81,5 +75,5 @@ def test_faiss_imported_first_with_the_generic_kernels_is_warned_about_once():
 
 
 def test_no_warning_where_the_user_chose_the_kernels():
-    result = _preimported(KEEP_CORETYPE="1")
+    result = _in_a_fresh_process(PREIMPORTED, KEEP_CORETYPE="1")
     assert result["messages"] == []
