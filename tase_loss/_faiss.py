@@ -38,12 +38,11 @@ def import_faiss(purpose: str) -> Any:
     child process sees it. Where faiss was imported before, it is left as loaded, with a
     warning (once) if that load picked the generic kernels on a CPU with better ones.
     """
-    import torch
-
-    core = OPENBLAS_CORES.get(torch.backends.cpu.get_cpu_capability())
+    global _checked_loaded_kernels
     if "faiss" in sys.modules:
-        _warn_once_if_generic(core)
+        _warn_once_if_generic()
         return sys.modules["faiss"]
+    core = _cpu_core()
     chosen = core is not None and "OPENBLAS_CORETYPE" not in os.environ
     if chosen:
         os.environ["OPENBLAS_CORETYPE"] = core
@@ -56,18 +55,27 @@ def import_faiss(purpose: str) -> Any:
     finally:
         if chosen:
             del os.environ["OPENBLAS_CORETYPE"]
+    _checked_loaded_kernels = True  # loaded here, with the kernels chosen above: nothing to check
     return faiss
 
 
 _checked_loaded_kernels = False
 
 
-def _warn_once_if_generic(core: Optional[str]) -> None:
+def _cpu_core() -> Optional[str]:
+    """The :data:`OPENBLAS_CORES` entry for the CPU torch detected, ``None`` where there is none."""
+    import torch
+
+    return OPENBLAS_CORES.get(torch.backends.cpu.get_cpu_capability())
+
+
+def _warn_once_if_generic() -> None:
     """Warn once where faiss was loaded elsewhere with OpenBLAS's generic kernels (Linux)."""
     global _checked_loaded_kernels
     if _checked_loaded_kernels:
         return
     _checked_loaded_kernels = True
+    core = _cpu_core()
     if core is None or "OPENBLAS_CORETYPE" in os.environ:
         return
     if _loaded_openblas_core() == "Prescott":
