@@ -13,6 +13,8 @@ overlap, how many mixtures got trust 1, trust 0 and a value between.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import numpy as np
 import torch
@@ -20,7 +22,8 @@ import torch
 from tase_loss import StableCountEstimator
 from tase_loss.experiments.data import OVERLAPS, planted_mixture
 
-SHAPES = (("equal", 1), ("with", 1), ("against", 1), ("independent", 1), ("independent", 3))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from frequency_estimators import PLANTED_SHAPES
 
 
 def main() -> None:
@@ -47,7 +50,7 @@ def main() -> None:
                 )
                 .diagnostics["trust"]
                 for dim in dims
-                for spread, blobs in SHAPES
+                for spread, blobs in PLANTED_SHAPES
                 for seed in seeds
             ]
         )
