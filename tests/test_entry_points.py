@@ -87,6 +87,9 @@ TINY_RUNS = {
         "meets the most targets",
     ),
     "studies/stable_count_trust.py": (["--max-count", "100", "--dims", "32", "--seeds", "0"], "| high |"),
+    "studies/stable_count_within.py": (
+        ["--values", "0.5", "--max-count", "100", "--dims", "32", "--seeds", "100"], "| 0.5 | "
+    ),
     "studies/warmup.py": (["--epochs", "2", "--seeds", "0", "--warmups", "1", "--output", "{tmp}"], "warm-up **1**"),
     "benchmarks/bench_fused.py": (
         ["--rows", "128", "--rounds", "1", "--memory-rows", "128", "--moco-queue", "128"],
