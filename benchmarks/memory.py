@@ -36,7 +36,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODES = ("forward", "forward+backward")
@@ -57,6 +57,21 @@ class MemoryResult:
 def _status_kib(field: str) -> int:
     with open("/proc/self/status", encoding="ascii") as status:
         return int(re.search(rf"^{field}:\s+(\d+)", status.read(), re.MULTILINE).group(1))
+
+
+def peak_growth_mib(call: Callable[[], object]) -> float:
+    """How far the peak RSS rises during ``call()`` above the RSS just before it, in MiB.
+
+    Resets the peak counter through ``/proc/self/clear_refs`` (Linux). Run in a fresh
+    process started with ``MALLOC_MMAP_THRESHOLD_=65536``, so that buffers freed before
+    the call are back with the system and not reused from the heap.
+    """
+    gc.collect()
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+        clear_refs.write("5")  # resets the peak-RSS counter to the current RSS
+    before_kib = _status_kib("VmRSS")
+    call()
+    return (_status_kib("VmHWM") - before_kib) / 1024
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -97,13 +112,8 @@ def _run_child(provider_name: str, batch: int, dim: int, mode: str, device: str,
         gc.collect()
         if device == "cpu":
             first_peak_kib = _status_kib("VmHWM")
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
-                clear_refs.write("5")  # resets the peak-RSS counter to the current RSS
-            before_kib = _status_kib("VmRSS")
-            call()
-            second_peak_kib = _status_kib("VmHWM")
-            call_mib = (second_peak_kib - before_kib) / 1024
-            peak_mib = max(first_peak_kib, second_peak_kib) / 1024
+            call_mib = peak_growth_mib(call)
+            peak_mib = max(first_peak_kib, _status_kib("VmHWM")) / 1024
         else:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

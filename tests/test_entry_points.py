@@ -75,7 +75,10 @@ TINY_RUNS = {
     "examples/simclr_tase.py": (["--epochs", "2", "--warmup-epochs", "1"], "frequencies estimated: True"),
     "examples/moco_v2_tase.py": (["--epochs", "2", "--warmup-epochs", "1"], "queue"),
     "examples/byol_simsiam_tase.py": (["--epochs", "2", "--warmup-epochs", "1", "--variant", "simsiam"], "epoch 1"),
-    "benchmarks/bench_estimators.py": (["--sizes", "1000", "--exact-up-to", "1000", "--threads", "1"], "knn-density"),
+    "benchmarks/bench_estimators.py": (
+        ["--sizes", "1000", "--exact-up-to", "1000", "--threads", "1", "--repeats", "2", "--memory"],
+        "| bytes per sample |",
+    ),
     "benchmarks/bench_plugins.py": (["--samples", "300", "--repeats", "1"], "rwSAM"),
     "benchmarks/bench_runner.py": (
         ["--device", "cpu", "--encoder", "tiny-cnn", "--batch-size", "16", "--images", "64", "--epochs", "1",
