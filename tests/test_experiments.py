@@ -628,6 +628,8 @@ def test_embedded_default_end_to_end(capsys, tmp_path):
     last = tase_run["history"][-1]
     assert last["temperature_min"] <= last["temperature_max"] and last["weight_min"] <= last["weight_max"]
     assert last["num_groups"] == len(last["group_sizes"]) and last["log_frequency_span"] >= 0
+    # the default estimator's own diagnostics: whether it counted groups, and its cost
+    assert 0.0 <= last["estimator_trust"] <= 1.0 and last["estimator_seconds"] > 0
     assert "tase - ntxent (paired, 2)" in captured.out and set(results["differences"]) == {"tase"}
     # not a terminal: one plain progress line per epoch, no progress-bar redraws
     assert "ntxent seed 0 epoch 2/2: loss" in captured.err and "\r" not in captured.err

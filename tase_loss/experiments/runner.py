@@ -84,10 +84,11 @@ def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str,
 
     Beside :func:`frequency_quality`'s scores: the group sizes (``group_sizes``, largest
     first) and their ``purity`` against the true classes (the share of samples in their
-    group's majority class), and the method's :meth:`~tase_loss.Guidance.summary`
-    (``num_groups``, log-frequency span, temperature and weight range), the scalars the
-    Lightning callback and ``criterion.end_epoch`` log less the estimator's diagnostics
-    (whose ``seconds`` would overwrite the epoch's).
+    group's majority class), the method's :meth:`~tase_loss.Guidance.summary`
+    (``num_groups``, log-frequency span, temperature and weight range), and the latest
+    estimate's own diagnostics, each prefixed ``estimator_`` (so its ``seconds`` does not
+    overwrite the epoch's): for ``stable-count`` its ``estimator_trust`` says whether the
+    groups were counted (1) or the density stood in (0).
     """
 
     def measure(epoch: int, method: Method) -> dict[str, Any]:
@@ -105,6 +106,7 @@ def _estimate_quality(data: LongTailedData) -> Callable[[int, Method], dict[str,
             record["group_sizes"] = sorted(sizes[sizes > 0].tolist(), reverse=True)
             record["purity"] = float(majority / labels.size)
         record.update((method.guidance or labeler).summary())
+        record.update({f"estimator_{name}": value for name, value in labeler.last_diagnostics.items()})
         return record
 
     return measure
