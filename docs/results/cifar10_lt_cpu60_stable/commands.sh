@@ -26,3 +26,8 @@ python -m tase_loss.experiments --merge runs/cifar60_check/jobs/*/results.json \
 # within-term floor, and the kernels) reproduce these runs bit for bit:
 #   python -m tase_loss.experiments <the data and settings above> --methods tase \
 #       --seeds 0,1,2,3,4,5,6,7 --output runs/cifar60_floor --no-progress
+# Stop 32: the runner records the estimator's diagnostics (estimator_trust, ...). All 8 tase
+# seeds rerun from a worktree of commit 411d685 reproduce these runs bit for bit, and their
+# histories show trust 0 at all 51 estimates of every run (stability 0.19-0.43):
+#   python -m tase_loss.experiments <the data and settings above> --methods tase \
+#       --seeds 0,1 --output runs/cifar60_trust --no-progress      # then --seeds 2,3,4,5,6,7
