@@ -73,7 +73,7 @@ def _estimator(name: str) -> FrequencyEstimator:
 
 def _warm(estimator: FrequencyEstimator, size: int, threads: int) -> None:
     """One estimate at ``size``: FAISS's and OpenMP's one-time set-up is not timed or counted."""
-    estimator.estimate(mixture(size)[0], num_threads=threads, loss=torch.rand(size) if estimator.uses_loss else None)
+    estimator.estimate(mixture(size)[0], num_threads=threads, loss=_loss(estimator, size))
 
 
 def _loss(estimator: FrequencyEstimator, size: int) -> Optional[torch.Tensor]:
