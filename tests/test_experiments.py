@@ -370,7 +370,7 @@ def test_oracle_method_uses_true_class_frequencies():
         "tase-oracle", MethodContext(10, 0, torch.device("cpu"), settings, train_labels=labels), model
     )
     assert method.on_epoch_end(0) == {} and method.sample_statistics() == {}
-    assert method.on_epoch_end(1) == {"estimated": 1.0}
+    assert method.on_epoch_end(1) == {"estimated": 1.0} and method.labeler.last_diagnostics == {}
     statistics = method.sample_statistics()
     np.testing.assert_allclose(statistics["frequency"], [0.6] * 6 + [0.3] * 3 + [0.1], rtol=1e-6)
     assert statistics["weight"][-1] > statistics["weight"][0]
@@ -394,8 +394,12 @@ def test_input_density_method_estimates_once_from_the_raw_images():
     assert method.on_epoch_end(2) == {}  # fixed: never re-estimated
     frequency = method.sample_statistics()["frequency"]
     unit = torch.nn.functional.normalize(torch.from_numpy(images).reshape(60, -1), dim=1)
-    expected = settings.tase.build_estimator().estimate(unit, seed=3).log_frequency.exp()  # the run's estimator
-    np.testing.assert_allclose(frequency, expected.numpy(), rtol=1e-6)
+    expected = settings.tase.build_estimator().estimate(unit, seed=3)  # the run's estimator
+    np.testing.assert_allclose(frequency, expected.log_frequency.exp().numpy(), rtol=1e-6)
+    # the estimate's own diagnostics are the labeler's, as after a re-estimate (the runner records them)
+    diagnostics = dict(method.labeler.last_diagnostics)
+    assert diagnostics.pop("seconds") > 0 and "trust" in diagnostics
+    assert diagnostics == {name: value for name, value in expected.diagnostics.items() if name != "seconds"}
     # every near-copy of the one image is estimated more frequent than every unrelated image
     assert frequency[:50].min() > 3 * frequency[50:].max()
     with pytest.raises(ValueError, match="training images"):

@@ -16,7 +16,7 @@ from tase_loss import (
     TemperatureMap,
     build_estimator,
 )
-from tase_loss.estimators import FrequencyEstimator
+from tase_loss.estimators import FrequencyEstimate, FrequencyEstimator
 from tase_loss.experiments.encoders import ContrastiveModel
 from tase_loss.experiments.methods.base import Batch, Method, MethodContext, faiss_threads, frozen_copy, momentum_update
 from tase_loss.pseudo_labeler import DEFAULT_WARMUP_EPOCHS
@@ -187,8 +187,12 @@ class FixedFrequencyContrastiveMethod(ContrastiveMethod):
     def __init__(self, context: MethodContext, model: ContrastiveModel) -> None:
         super().__init__(context, model, guidance="both")
 
-    def fixed_estimate(self) -> tuple[Tensor, Optional[Tensor]]:
-        """``(log_frequency, labels)``: ``(N,)`` float64 and ``(N,)`` int64 or ``None``."""
+    def fixed_estimate(self) -> FrequencyEstimate:
+        """The estimate to fix: ``(N,)`` log-frequencies, labels (or ``None``), diagnostics.
+
+        The diagnostics become the labeler's ``last_diagnostics``, which the runner records
+        per epoch as ``estimator_*`` (for ``stable-count``: its trust and stability).
+        """
         raise NotImplementedError
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
@@ -196,16 +200,17 @@ class FixedFrequencyContrastiveMethod(ContrastiveMethod):
         assert labeler is not None
         if labeler.is_fitted or not labeler.should_estimate(epoch):
             return {}
-        log_frequency, labels = self.fixed_estimate()
+        estimate = self.fixed_estimate()
         state = labeler.state_dict()
         state.update(
-            log_frequency=log_frequency,
+            log_frequency=estimate.log_frequency,
             has_estimate=torch.ones_like(state["has_estimate"]),
             num_estimates=1,
         )
-        if labels is not None:
-            state["labels"] = labels
+        if estimate.labels is not None:
+            state["labels"] = estimate.labels
         labeler.load_state_dict(state)
+        labeler.last_diagnostics = dict(estimate.diagnostics)  # the runner records them as estimator_*
         return {"estimated": 1.0}
 
 
@@ -223,9 +228,9 @@ class OracleContrastiveMethod(FixedFrequencyContrastiveMethod):
         super().__init__(context, model)
         self.train_labels = torch.as_tensor(context.train_labels, dtype=torch.int64)
 
-    def fixed_estimate(self) -> tuple[Tensor, Optional[Tensor]]:
+    def fixed_estimate(self) -> FrequencyEstimate:
         counts = torch.bincount(self.train_labels).double()
-        return (counts / counts.sum()).log()[self.train_labels], self.train_labels.clone()
+        return FrequencyEstimate((counts / counts.sum()).log()[self.train_labels], self.train_labels.clone())
 
 
 class InputDensityContrastiveMethod(FixedFrequencyContrastiveMethod):
@@ -249,11 +254,11 @@ class InputDensityContrastiveMethod(FixedFrequencyContrastiveMethod):
         self.train_images = context.train_images
         self.seed = context.seed
 
-    def fixed_estimate(self) -> tuple[Tensor, Optional[Tensor]]:
+    def fixed_estimate(self) -> FrequencyEstimate:
         labeler = self.labeler
         assert labeler is not None
         rows = torch.as_tensor(self.train_images, dtype=torch.float32).reshape(len(self.train_images), -1)
         estimate = labeler.estimator.estimate(
             torch.nn.functional.normalize(rows, dim=1), seed=self.seed, num_threads=faiss_threads()
         )
-        return estimate.log_frequency.double(), estimate.labels
+        return estimate
