@@ -32,7 +32,12 @@ def test_adjusted_rand_index_of_trivial_partitions():
 
 def _blend_by_loop(points, estimator, seed):
     """The docstring's formula written out sample by sample, from the parts it names."""
-    groups = MergedClusterEstimator(estimator.num_clusters, over_clustering=estimator.groups.over_clustering)
+    groups = MergedClusterEstimator(
+        estimator.num_clusters,
+        over_clustering=estimator.groups.over_clustering,
+        num_iterations=estimator.groups.num_iterations,
+        min_group_fraction=estimator.groups.min_group_fraction,
+    )
     first = groups.estimate(points, seed=seed)
     second = groups.estimate(points, seed=seed + 1)
     density = estimator.density.estimate(points, seed=seed).log_frequency.tolist()
@@ -53,11 +58,19 @@ def _blend_by_loop(points, estimator, seed):
     return [value - shift for value in values], trust
 
 
-@pytest.mark.parametrize("unstable, stable", [(0.7, 0.9), (-1.0, 1.0), (0.0, 0.05)])
-def test_the_estimate_is_the_formula_computed_by_a_loop(unstable, stable):
+@pytest.mark.parametrize(
+    "unstable, stable, grouping",
+    [
+        (0.7, 0.9, {}),
+        (-1.0, 1.0, {}),
+        (0.0, 0.05, {}),
+        (0.0, 0.05, {"over_clustering": 4, "num_iterations": 7, "min_group_fraction": 0.5}),
+    ],
+)
+def test_the_estimate_is_the_formula_computed_by_a_loop(unstable, stable, grouping):
     points, _ = planted_mixture(3, "moderate", max_count=200, dim=16)
     points = torch.from_numpy(points)
-    estimator = StableCountEstimator(5, unstable=unstable, stable=stable)
+    estimator = StableCountEstimator(5, unstable=unstable, stable=stable, **grouping)
     estimate = estimator.estimate(points, seed=4)
     expected, trust = _blend_by_loop(points, estimator, seed=4)
     assert estimate.diagnostics["trust"] == pytest.approx(trust, abs=1e-12)
@@ -132,6 +145,10 @@ def test_bad_options_are_clear_errors():
         StableCountEstimator(unstable=0.9, stable=0.9)
     with pytest.raises(ValueError, match="within"):
         StableCountEstimator(within=-0.5)
+    with pytest.raises(ValueError, match="num_iterations"):
+        StableCountEstimator(num_iterations=0)
+    with pytest.raises(ValueError, match="min_group_fraction"):
+        StableCountEstimator(min_group_fraction=1.5)
     with pytest.raises(TypeError, match="density must be a KNNDensityEstimator, got str"):
         StableCountEstimator(density="knn-density")
     with pytest.raises(ValueError, match="needs at least 21 samples, got 12"):

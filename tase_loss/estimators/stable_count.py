@@ -87,13 +87,18 @@ class StableCountEstimator(FrequencyEstimator):
     encoders (docs/results.md). ``studies/stable_count_within.py`` re-measures ``within``
     on the 60 separable development mixtures: a larger weight ranks the classes better
     and the samples worse, and 0.5 is the only weight swept that keeps three of the four
-    separable targets in every mixture.
+    separable targets in every mixture. ``studies/stable_count_grouping.py`` sweeps the
+    fine clustering (``over_clustering``, ``min_group_fraction``): finer groups rank
+    separable classes better and lose where classes overlap, so the defaults stay.
 
     Args:
         num_clusters: ``C``, the number of groups (a one-element sequence is accepted, as the
             runner's ``--clusters`` gives it; the stability test needs one grouping, not an
             ensemble).
         over_clustering: fine k-means clusters per group.
+        num_iterations: iterations of the fine k-means.
+        min_group_fraction: the smallest group, as a fraction of an average fine cluster
+            (:class:`MergedClusterEstimator`'s outlier rule).
         unstable: stability at and below which the estimate is the density alone.
         stable: stability at and above which the group shares are trusted fully.
         within: weight of the within-group density ordering.
@@ -121,6 +126,8 @@ class StableCountEstimator(FrequencyEstimator):
         num_clusters: Union[int, Sequence[int]] = 10,
         *,
         over_clustering: int = 10,
+        num_iterations: int = 20,
+        min_group_fraction: float = 0.1,
         unstable: float = 0.7,
         stable: float = 0.9,
         within: float = 0.5,
@@ -129,7 +136,12 @@ class StableCountEstimator(FrequencyEstimator):
         counts = _cluster_counts(num_clusters)
         if len(counts) != 1:
             raise ValueError(f"num_clusters of stable-count must be one number of groups, got {num_clusters!r}")
-        self.groups = MergedClusterEstimator(counts[0], over_clustering=over_clustering)
+        self.groups = MergedClusterEstimator(
+            counts[0],
+            over_clustering=over_clustering,
+            num_iterations=num_iterations,
+            min_group_fraction=min_group_fraction,
+        )
         self.num_clusters = counts
         self.unstable = check_real("unstable", unstable, -1.0, 1.0)
         self.stable = check_real("stable", stable, -1.0, 1.0)
