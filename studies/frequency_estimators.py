@@ -212,8 +212,8 @@ def _encoder_rows(data: LongTailedData, dataset: str, encoder: str, checkpoints:
     return rows
 
 
-def _train_digits(output: str, methods: str, estimator: Optional[str] = None) -> str:
-    """Train with the runner (the embedded default's 5 seeds x 40 epochs) unless done already."""
+def _train_digits(output: str, methods: str, estimator: Optional[str] = None, seeds: Optional[str] = None) -> str:
+    """Train with the runner (the embedded default: 5 seeds x 40 epochs) unless done already."""
     if not os.path.isfile(os.path.join(output, "results.json")):
         command = [
             sys.executable,
@@ -227,6 +227,8 @@ def _train_digits(output: str, methods: str, estimator: Optional[str] = None) ->
         ]
         if estimator is not None:
             command += ["--estimator", estimator]
+        if seeds is not None:
+            command += ["--seeds", seeds]
         subprocess.run(command, check=True, cwd=REPOSITORY)
     return output
 
