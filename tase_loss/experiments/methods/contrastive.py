@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -201,6 +202,13 @@ class FixedFrequencyContrastiveMethod(ContrastiveMethod):
         if labeler.is_fitted or not labeler.should_estimate(epoch):
             return {}
         estimate = self.fixed_estimate()
+        if isinstance(estimate, tuple):  # the hook's return before FrequencyEstimate
+            warnings.warn(
+                "fixed_estimate() returning (log_frequency, labels) is deprecated; return a FrequencyEstimate",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            estimate = FrequencyEstimate(*estimate)
         state = labeler.state_dict()
         state.update(
             log_frequency=estimate.log_frequency,
