@@ -213,7 +213,7 @@ def _encoder_rows(data: LongTailedData, dataset: str, encoder: str, checkpoints:
 
 
 def _train_digits(output: str, methods: str, estimator: Optional[str] = None, seeds: Optional[str] = None) -> str:
-    """Train with the runner (the embedded default: 5 seeds x 40 epochs) unless done already."""
+    """Train with the runner (the embedded default: 40 epochs; 5 seeds unless given) unless done already."""
     if not os.path.isfile(os.path.join(output, "results.json")):
         command = [
             sys.executable,

@@ -38,6 +38,7 @@ import argparse
 import glob
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,8 @@ CONFIGURATIONS = "10:0.1,10:0.2,10:0.4,10:0.6,20:0.1,20:0.2,20:0.4,20:0.6"
 """``over_clustering:min_group_fraction`` pairs; the first is today's default."""
 
 
-def _measure(estimator: StableCountEstimator, points: np.ndarray, classes: np.ndarray, seed: int) -> dict:
+def _measure(estimator: StableCountEstimator, points: np.ndarray, classes: np.ndarray, seed: int) -> dict[str, Any]:
+    """The estimate's quality against the true classes, and its trust."""
     estimate = estimator.estimate(torch.from_numpy(points), seed=seed)
     quality = frequency_quality(estimate.log_frequency.numpy(), classes, group_classes(np.bincount(classes)))
     return {**quality, "trust": estimate.diagnostics["trust"]}
@@ -65,7 +67,11 @@ def _measure(estimator: StableCountEstimator, points: np.ndarray, classes: np.nd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="stable_count_grouping")
-    parser.add_argument("--configurations", default=CONFIGURATIONS, help="over_clustering:min_group_fraction pairs")
+    parser.add_argument(
+        "--configurations",
+        default=CONFIGURATIONS,
+        help="over_clustering:min_group_fraction pairs; the first is the baseline the others must beat",
+    )
     parser.add_argument("--seeds", default="100,101,102,103", help="planted seeds (development: 100-103)")
     parser.add_argument("--dims", default=",".join(map(str, PLANTED_DIMS)))
     parser.add_argument("--max-count", type=int, default=2000, help="largest planted class (a size knob)")
