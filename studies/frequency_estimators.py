@@ -58,13 +58,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from tase_loss import build_estimator
-from tase_loss.estimators import ESTIMATORS, KNNDensityEstimator
+from tase_loss.estimators import ESTIMATORS, FrequencyEstimator, KNNDensityEstimator
 from tase_loss.experiments.data import (
     OVERLAPS,
     LongTailedData,
@@ -344,6 +345,50 @@ MEAN_TARGETS = (
     ("digits-LT backbone: per sample >= 0.6", ("digits-LT", "backbone"), 0.6),
     ("digits-LT during training: per sample >= 0.6", ("digits-LT, during TASE training", "backbone"), 0.6),
 )
+
+
+DEVELOPMENT_SEEDS = "100,101,102,103"
+"""The planted seeds the estimators were tuned on (the study's held-out seeds are 0-2)."""
+
+
+def planted_mixtures(
+    overlap: str, seeds: Sequence[int], dims: Sequence[int] = PLANTED_DIMS, max_count: int = 2000
+) -> list[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """``(seed, (points, labels))`` at one overlap, for every D, shape and seed: the data of
+    the stable-count sweeps (``studies/stable_count_*.py``)."""
+    return [
+        (seed, planted_mixture(seed, overlap, dim=dim, spread=spread, subclusters=blobs, max_count=max_count))
+        for dim in dims
+        for spread, blobs in PLANTED_SHAPES
+        for seed in seeds
+    ]
+
+
+def sweep_quality(estimator: FrequencyEstimator, points: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, Any]:
+    """One estimate's :func:`frequency_quality` on a planted mixture, and its ``trust`` (or ``None``)."""
+    estimate = estimator.estimate(torch.from_numpy(points), seed=seed)
+    quality = frequency_quality(estimate.log_frequency.numpy(), labels, group_classes(np.bincount(labels)))
+    return {**quality, "trust": estimate.diagnostics.get("trust")}
+
+
+TARGET_COLUMNS = (
+    " | ".join(label.removeprefix("separable planted: ") for label, *_ in TARGETS)
+    + " | all four | targets met in every mixture | per sample: mean (worst) | class-level: mean"
+)
+"""The header of :func:`target_cells`' columns in the sweeps' tables."""
+
+
+def target_cells(rows: list[dict[str, Any]]) -> tuple[np.ndarray, str]:
+    """Whether each separable target holds in each row, and the sweeps' cells of :data:`TARGET_COLUMNS`."""
+    passes = np.array([[passing(row) for _, _, passing in TARGETS] for row in rows])
+    per_sample = np.array([row["spearman"] for row in rows])
+    cells = (
+        " | ".join(f"{count}/{len(rows)}" for count in passes.sum(axis=0))
+        + f" | {passes.all(axis=1).sum()}/{len(rows)} | {passes.all(axis=0).sum()}/{len(TARGETS)} "
+        f"| {per_sample.mean():.3f} ({per_sample.min():.3f}) "
+        f"| {np.mean([row['class_spearman'] for row in rows]):.3f}"
+    )
+    return passes, cells
 
 
 def select_default(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from tase_loss import StableCountEstimator
-from tase_loss.experiments.data import OVERLAPS, planted_mixture
+from tase_loss.experiments.data import OVERLAPS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from frequency_estimators import PLANTED_SHAPES
+from frequency_estimators import planted_mixtures
 
 
 def main() -> None:
@@ -37,23 +37,10 @@ def main() -> None:
     dims = [int(dim) for dim in arguments.dims.split(",")]
     print("| overlap | trust 1 | between | trust 0 | mixtures |\n|---|---|---|---|---|")
     for overlap in OVERLAPS:
-        trust = np.array(
-            [
-                StableCountEstimator()
-                .estimate(
-                    torch.from_numpy(
-                        planted_mixture(
-                            seed, overlap, dim=dim, spread=spread, subclusters=blobs, max_count=arguments.max_count
-                        )[0]
-                    ),
-                    seed=seed,
-                )
-                .diagnostics["trust"]
-                for dim in dims
-                for spread, blobs in PLANTED_SHAPES
-                for seed in seeds
-            ]
-        )
+        mixtures = planted_mixtures(overlap, seeds, dims, arguments.max_count)
+        estimator = StableCountEstimator()
+        estimates = [estimator.estimate(torch.from_numpy(points), seed=seed) for seed, (points, _) in mixtures]
+        trust = np.array([estimate.diagnostics["trust"] for estimate in estimates])
         between = int(((trust > 0) & (trust < 1)).sum())
         print(f"| {overlap} | {int((trust == 1).sum())} | {between} | {int((trust == 0).sum())} | {trust.size} |")
 
