@@ -11,7 +11,10 @@ place unless the smallest group allowed grows with them.
 
 This sweeps ``over_clustering`` x ``min_group_fraction`` at today's fine k-means work
 (``k x iterations``, so the speed target keeps its margin: 20 iterations at 10 fine
-clusters per group, 10 at 20) on the **development** data only: the planted mixtures
+clusters per group, 10 at 20), and (stop 34) reseeding: ``reseed_clusters`` of the fine
+clusters seeded from the samples that fit their fine cluster worst (more than
+``reseed_threshold`` standard deviations below its mean similarity), then 10 more Lloyd
+iterations. All on the **development** data only: the planted mixtures
 of seeds 100-103 (every D and shape of ``studies/frequency_estimators.py``; low overlap
 for the targets, moderate overlap as a check) and the backbone features of digits-LT
 NT-Xent encoders of seeds 10-12 trained by the runner. The held-out seeds 0-2 and
@@ -28,6 +31,8 @@ it the rule picked ``20:0.4``, and a check the rule had left out showed that cho
 losing at moderate overlap what it gained on separable data (docs/results.md).
 
     python studies/stable_count_grouping.py --output runs/grouping      # the figures in docs/results.md
+    python studies/stable_count_grouping.py --output runs/grouping \\
+        --configurations 10:0.1,10:0.2,10:0.4,10:0.6,20:0.1,20:0.2,20:0.4,20:0.6   # stop 33's sweep
     python studies/stable_count_grouping.py --output runs/grouping_tiny --configurations 10:0.1 \\
         --max-count 100 --dims 32 --seeds 100 --digits-seeds none      # tiny
 """
@@ -61,8 +66,8 @@ from frequency_estimators import (
 FINE_WORK = 200
 """Fine k-means clusters x iterations per group (today's: 10 clusters, 20 iterations)."""
 
-CONFIGURATIONS = "10:0.1,10:0.2,10:0.4,10:0.6,20:0.1,20:0.2,20:0.4,20:0.6"
-"""``over_clustering:min_group_fraction`` pairs; the first is today's default."""
+CONFIGURATIONS = "10:0.1,10:0.1:5:0.5,10:0.1:5:1,10:0.1:10:0.5,10:0.1:10:1,10:0.1:10:1.5"
+"""``over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold]``; the first is today's default."""
 
 
 def main() -> None:
@@ -71,7 +76,8 @@ def main() -> None:
     parser.add_argument(
         "--configurations",
         default=CONFIGURATIONS,
-        help="over_clustering:min_group_fraction pairs; the first is the baseline the others must beat",
+        help="over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold], the first the "
+        "baseline the others must beat",
     )
     parser.add_argument("--seeds", default=DEVELOPMENT_SEEDS, help="planted seeds (development: 100-103)")
     parser.add_argument("--dims", default=",".join(map(str, PLANTED_DIMS)))
@@ -92,19 +98,22 @@ def main() -> None:
     print(
         f"{len(mixtures['low'])} separable and {len(mixtures['moderate'])} moderate-overlap mixtures (seeds "
         f"{arguments.seeds}), {len(encoders)} digits-LT encoders (seeds {arguments.digits_seeds})\n\n"
-        f"| over_clustering | min_group_fraction | iterations | {TARGET_COLUMNS} | trust: mean "
+        f"| over_clustering | min_group_fraction | iterations | reseeded: clusters, threshold | {TARGET_COLUMNS} "
+        "| trust: mean "
         "| moderate: per sample, gap, trust (means) | digits backbone: mean (worst) |\n"
-        + "|---" * (TARGET_COLUMNS.count("|") + 7)
+        + "|---" * (TARGET_COLUMNS.count("|") + 8)
         + "|"
     )
     default_moderate = None
     ranked = []
     for configuration in arguments.configurations.split(","):
-        over_clustering, fraction = int(configuration.split(":")[0]), float(configuration.split(":")[1])
+        over_clustering, fraction, reseeded, threshold = (configuration + ":0:1").split(":")[:4]
         estimator = StableCountEstimator(
-            over_clustering=over_clustering,
-            num_iterations=FINE_WORK // over_clustering,
-            min_group_fraction=fraction,
+            over_clustering=int(over_clustering),
+            num_iterations=FINE_WORK // int(over_clustering),
+            min_group_fraction=float(fraction),
+            reseed_clusters=int(reseeded),
+            reseed_threshold=float(threshold),
         )
         rows, moderate = (
             [sweep_quality(estimator, points, classes, seed) for seed, (points, classes) in mixtures[overlap]]
@@ -125,7 +134,8 @@ def main() -> None:
         passes, cells = target_cells(rows)
         digits_cell = f"{np.mean(digits_spearman):.3f} ({min(digits_spearman):.3f})" if digits_spearman else "-"
         print(
-            f"| {over_clustering} | {fraction:g} | {FINE_WORK // over_clustering} | {cells} "
+            f"| {over_clustering} | {fraction} | {FINE_WORK // int(over_clustering)} "
+            f"| {f'{reseeded}, {threshold}' if int(reseeded) else '-'} | {cells} "
             f"| {np.mean([row['trust'] for row in rows]):.2f} "
             f"| {moderate_means[0]:.3f}, {moderate_means[1]:.3f}, {np.mean([row['trust'] for row in moderate]):.2f} "
             f"| {digits_cell} |",
@@ -137,7 +147,7 @@ def main() -> None:
             # a full tie goes to the earlier row: the default is the first
             ranked.append((passes.all(axis=0).sum(), passes.all(axis=1).sum(), worst, -len(ranked), configuration))
     if ranked:
-        print(f"\nThe rule picks {max(ranked)[-1]} (over_clustering:min_group_fraction).")
+        print(f"\nThe rule picks {max(ranked)[-1]} (over_clustering:min_group_fraction[:reseed_clusters:threshold]).")
 
 
 if __name__ == "__main__":

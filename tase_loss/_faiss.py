@@ -130,6 +130,7 @@ def spherical_kmeans(
     num_iterations: int = 20,
     max_training_points: int = 100_000,
     num_threads: Optional[int] = None,
+    init_centroids: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """FAISS spherical k-means on unit rows; every point assigned to its nearest centroid.
 
@@ -144,6 +145,8 @@ def spherical_kmeans(
         num_iterations: Lloyd iterations.
         max_training_points: training subsample size.
         num_threads: OpenMP threads (``None``: FAISS's setting).
+        init_centroids: ``(k, D)`` float32 centroids to start from (``None``: FAISS's
+            random pick of ``k`` training points).
 
     Returns:
         ``(assignment, centroids)``: ``(N,)`` int64 labels and ``(k, D)`` float32 centroids.
@@ -159,7 +162,7 @@ def spherical_kmeans(
             max_points_per_centroid=max(1, math.ceil(max_training_points / num_clusters)),
             min_points_per_centroid=1,
         )
-        kmeans.train(points)
+        kmeans.train(points, init_centroids=init_centroids)
         _, assignment = kmeans.index.search(points, 1)
     return assignment[:, 0].astype(np.int64), np.asarray(kmeans.centroids)
 

@@ -92,10 +92,10 @@ TINY_RUNS = {
     "studies/stable_count_trust.py": (["--max-count", "100", "--dims", "32", "--seeds", "0"], "| high |"),
     "studies/stable_count_grouping.py": (
         [
-            *("--configurations", "10:0.1", "--max-count", "100", "--dims", "32", "--seeds", "100"),
+            *("--configurations", "10:0.1,10:0.1:5:1", "--max-count", "100", "--dims", "32", "--seeds", "100"),
             *("--digits-seeds", "0", "--output", "{tmp}"),
         ],
-        "The rule picks 10:0.1",
+        "| 10 | 0.1 | 20 | 5, 1 |",
     ),
     "studies/stable_count_within.py": (
         ["--values", "0.5", "--max-count", "100", "--dims", "32", "--seeds", "100"], "| 0.5 | "

@@ -47,16 +47,44 @@ def test_merged_clusters_count_a_split_head_class_whole():
     assert estimate.diagnostics["num_fine_clusters"] > 3
 
 
-def _outlier_rule_by_loop(points, groups, over_clustering, fraction, seed):
+def _reseeded_by_loop(points, fine, reseeded, threshold, seed):
+    """The reseeding of MergedClusterEstimator's docstring: the same FAISS k-means calls,
+    each sample's fit (its similarity's z-score in its fine cluster) as plain loops."""
+    from tase_loss._faiss import spherical_kmeans
+
+    assignment, centroids = spherical_kmeans(points, fine - reseeded, seed=seed, num_threads=1)
+    similarity = [float(points[i] @ centroids[cluster]) for i, cluster in enumerate(assignment)]
+    members = {}
+    for i, cluster in enumerate(assignment):
+        members.setdefault(cluster, []).append(similarity[i])
+    fit = []
+    for i, cluster in enumerate(assignment):
+        values = members[cluster]
+        mean = sum(values) / len(values)
+        deviation = math.sqrt(max(sum(v * v for v in values) / len(values) - mean * mean, 1e-12))
+        fit.append((similarity[i] - mean) / deviation)
+    pool = [i for i in range(len(fit)) if fit[i] < -threshold]
+    if len(pool) < 2 * reseeded:
+        pool = sorted(range(len(fit)), key=lambda i: fit[i])[: 2 * reseeded]
+    _, seeds = spherical_kmeans(np.ascontiguousarray(points[pool]), reseeded, seed=seed, num_threads=1)
+    start = np.concatenate([centroids, seeds]).astype(np.float32)
+    return spherical_kmeans(points, fine, seed=seed, num_iterations=10, num_threads=1, init_centroids=start)
+
+
+def _outlier_rule_by_loop(points, groups, over_clustering, fraction, seed, reseed=None):
     """MergedClusterEstimator's grouping written out: the same FAISS k-means and scipy tree,
-    then the cut and the outliers' reassignment as plain loops."""
+    then the cut and the outliers' reassignment as plain loops; ``reseed``:
+    ``(reseed_clusters, reseed_threshold)``."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
     from tase_loss._faiss import spherical_kmeans
 
     count = points.shape[0]
     fine = over_clustering * groups
-    assignment, centroids = spherical_kmeans(points, fine, seed=seed, num_threads=1)
+    if reseed is None:
+        assignment, centroids = spherical_kmeans(points, fine, seed=seed, num_threads=1)
+    else:
+        assignment, centroids = _reseeded_by_loop(points, fine, *reseed, seed=seed)
     sizes = {cluster: int((assignment == cluster).sum()) for cluster in range(fine)}
     used = [cluster for cluster in range(fine) if sizes[cluster] > 0]
     unit = {cluster: centroids[cluster] / np.linalg.norm(centroids[cluster]) for cluster in used}
@@ -89,6 +117,17 @@ def test_outlier_clusters_take_no_group_as_a_loop_computes():
     assert np.bincount(estimate.labels.numpy()).min() >= smallest
     every_group = MergedClusterEstimator(10, min_group_fraction=0.0).estimate(torch.from_numpy(points), seed=0)
     assert np.bincount(every_group.labels.numpy()).min() < smallest
+
+
+@pytest.mark.parametrize("reseed", [(10, 1.0), (5, 0.5), (20, 4.0)])
+def test_reseeded_fine_clusters_as_a_loop_computes(reseed):
+    """(20, 4.0): fewer samples than 2 r lie 4 deviations below their cluster's mean, so
+    the 2 r worst-fit seed the new clusters."""
+    points, _ = planted_mixture(101, "low", dim=32, spread="against")
+    estimator = MergedClusterEstimator(10, reseed_clusters=reseed[0], reseed_threshold=reseed[1])
+    estimate = estimator.estimate(torch.from_numpy(points), seed=2, num_threads=1)
+    expected = _outlier_rule_by_loop(points, 10, 10, 0.1, seed=2, reseed=reseed)
+    assert adjusted_rand_index(estimate.labels.numpy(), expected) == 1.0
 
 
 def test_intrinsic_dimension_of_a_line_and_a_plane():
@@ -163,6 +202,9 @@ def test_every_estimator_is_deterministic_and_non_positive(name):
         (lambda: ClusterSizeEstimator(num_clusters=0), "num_clusters must be an integer >= 1"),
         (lambda: MergedClusterEstimator(over_clustering=0), "over_clustering must be an integer >= 1"),
         (lambda: MergedClusterEstimator(min_group_fraction=1.5), "min_group_fraction must be"),
+        (lambda: MergedClusterEstimator(reseed_clusters=-1), "reseed_clusters must be an integer >= 0"),
+        (lambda: MergedClusterEstimator(reseed_threshold=float("nan")), "reseed_threshold must be a finite"),
+        (lambda: MergedClusterEstimator(reseed_iterations=0), "reseed_iterations must be an integer >= 1"),
         (lambda: KNNDensityEstimator(num_neighbors=0), "num_neighbors must be an integer >= 1"),
         (lambda: KNNDensityEstimator(kernel="box"), "kernel must be one of"),
         (lambda: MomentumLossEstimator(scale=float("nan")), "scale must be a finite number > 0"),

@@ -126,6 +126,15 @@ class MergedClusterEstimator(_ClusteringEstimator):
     ``C`` groups of that size, and the fine clusters of smaller groups join the group of
     their most similar kept fine centroid.
 
+    A rare class can get no fine cluster of its own: k-means starts from randomly picked
+    points, a class of 20 among 5,000 is rarely picked, and its samples then sit, a few
+    each, in fine clusters held by larger classes, where each is among the samples
+    farthest from the centroid. ``reseed_clusters`` (``r``) gives such samples a second
+    chance: k-means makes ``k - r`` fine clusters, the samples whose similarity to their
+    centroid lies more than ``reseed_threshold`` standard deviations below their
+    cluster's mean (at least the ``2 r`` worst-fit) are clustered into ``r`` more, and
+    ``reseed_iterations`` Lloyd iterations run from all ``k`` centroids.
+
     Args:
         num_clusters: ``C``, the number of groups (or a sequence: an ensemble).
         over_clustering: fine clusters per group; ``k = min(over_clustering * C, n // 2)``.
@@ -133,6 +142,11 @@ class MergedClusterEstimator(_ClusteringEstimator):
         max_training_points: training subsample of the fine k-means.
         min_group_fraction: the smallest group, as a fraction of ``n / k`` (``0`` turns
             the rule off: every group of the cut at ``C`` counts).
+        reseed_clusters: ``r``, fine centroids seeded from the worst-fit samples (``0``:
+            none; at most half of ``k``).
+        reseed_threshold: how many standard deviations below its cluster's mean
+            similarity a sample's similarity must lie to seed them.
+        reseed_iterations: Lloyd iterations from all ``k`` centroids after reseeding.
 
     Example:
         >>> import torch
@@ -154,17 +168,51 @@ class MergedClusterEstimator(_ClusteringEstimator):
         num_iterations: int = 20,
         max_training_points: int = 100_000,
         min_group_fraction: float = 0.1,
+        reseed_clusters: int = 0,
+        reseed_threshold: float = 1.0,
+        reseed_iterations: int = 10,
     ) -> None:
         super().__init__(num_clusters, num_iterations, max_training_points)
         self.over_clustering = check_int("over_clustering", over_clustering, minimum=1)
         self.min_group_fraction = check_real("min_group_fraction", min_group_fraction, 0.0, 1.0)
+        self.reseed_clusters = check_int("reseed_clusters", reseed_clusters, minimum=0)
+        self.reseed_threshold = check_real("reseed_threshold", reseed_threshold)
+        self.reseed_iterations = check_int("reseed_iterations", reseed_iterations, minimum=1)
         self.minimum_samples = 2 * max(self.num_clusters)
+
+    def _fine_clusters(
+        self, points: np.ndarray, count: int, seed: int, num_threads: Optional[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` fine k-means clusters, ``reseed_clusters`` of them seeded from worst-fit samples."""
+        reseeded = min(self.reseed_clusters, count // 2)
+        if reseeded == 0:
+            return self._kmeans(points, count, seed, num_threads)
+        base = count - reseeded
+        assignment, centroids = self._kmeans(points, base, seed, num_threads)
+        similarity = np.einsum("ij,ij->i", points, centroids[assignment])
+        sizes = np.maximum(np.bincount(assignment, minlength=base), 1)
+        mean = np.bincount(assignment, similarity, base) / sizes
+        spread = np.sqrt(np.maximum(np.bincount(assignment, similarity**2, base) / sizes - mean**2, 1e-12))
+        fit = (similarity - mean[assignment]) / spread[assignment]
+        pool = np.flatnonzero(fit < -self.reseed_threshold)
+        if pool.size < 2 * reseeded:
+            pool = np.argsort(fit, kind="stable")[: 2 * reseeded]
+        _, seeds = self._kmeans(np.ascontiguousarray(points[pool]), reseeded, seed, num_threads)
+        return spherical_kmeans(
+            points,
+            count,
+            seed=seed,
+            num_iterations=self.reseed_iterations,
+            max_training_points=self.max_training_points,
+            num_threads=num_threads,
+            init_centroids=np.ascontiguousarray(np.vstack([centroids, seeds]), dtype=np.float32),
+        )
 
     def _groups(self, points, groups, seed, num_threads):  # type: ignore[no-untyped-def]
         from scipy.cluster.hierarchy import fcluster, linkage
 
         fine = max(groups, min(self.over_clustering * groups, points.shape[0] // 2))
-        assignment, centroids = self._kmeans(points, fine, seed, num_threads)
+        assignment, centroids = self._fine_clusters(points, fine, seed, num_threads)
         sizes = np.bincount(assignment, minlength=fine)
         used = np.flatnonzero(sizes)
         group_of = np.zeros(fine, dtype=np.int64)

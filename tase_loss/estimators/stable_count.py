@@ -99,6 +99,10 @@ class StableCountEstimator(FrequencyEstimator):
         num_iterations: iterations of the fine k-means.
         min_group_fraction: the smallest group, as a fraction of an average fine cluster
             (:class:`MergedClusterEstimator`'s outlier rule).
+        reseed_clusters: fine clusters seeded from the samples that fit their fine
+            cluster worst (:class:`MergedClusterEstimator`).
+        reseed_threshold: how far below its cluster's mean fit (in standard deviations)
+            a sample seeds them.
         unstable: stability at and below which the estimate is the density alone.
         stable: stability at and above which the group shares are trusted fully.
         within: weight of the within-group density ordering.
@@ -128,6 +132,8 @@ class StableCountEstimator(FrequencyEstimator):
         over_clustering: int = 10,
         num_iterations: int = 20,
         min_group_fraction: float = 0.1,
+        reseed_clusters: int = 5,
+        reseed_threshold: float = 0.5,
         unstable: float = 0.7,
         stable: float = 0.9,
         within: float = 0.5,
@@ -141,6 +147,8 @@ class StableCountEstimator(FrequencyEstimator):
             over_clustering=over_clustering,
             num_iterations=num_iterations,
             min_group_fraction=min_group_fraction,
+            reseed_clusters=reseed_clusters,
+            reseed_threshold=reseed_threshold,
         )
         self.num_clusters = counts
         self.unstable = check_real("unstable", unstable, -1.0, 1.0)
