@@ -13,8 +13,9 @@ This sweeps ``over_clustering`` x ``min_group_fraction`` at today's fine k-means
 (``k x iterations``, so the speed target keeps its margin: 20 iterations at 10 fine
 clusters per group, 10 at 20), and (stop 34) reseeding: ``reseed_clusters`` of the fine
 clusters seeded from the samples that fit their fine cluster worst (more than
-``reseed_threshold`` standard deviations below its mean similarity), then 10 more Lloyd
-iterations. All on the **development** data only: the planted mixtures
+``reseed_threshold`` standard deviations below its mean similarity), then
+``RESEED_ITERATIONS`` Lloyd iterations from all fine centroids, taken from the first
+k-means's iterations so that the work stays today's. All on the **development** data only: the planted mixtures
 of seeds 100-103 (every D and shape of ``studies/frequency_estimators.py``; low overlap
 for the targets, moderate overlap as a check) and the backbone features of digits-LT
 NT-Xent encoders of seeds 10-12 trained by the runner. The held-out seeds 0-2 and
@@ -66,6 +67,9 @@ from frequency_estimators import (
 FINE_WORK = 200
 """Fine k-means clusters x iterations per group (today's: 10 clusters, 20 iterations)."""
 
+RESEED_ITERATIONS = 10
+"""Of a reseeding configuration's iterations, those run after the reseeding."""
+
 CONFIGURATIONS = "10:0.1,10:0.1:5:0.5,10:0.1:5:1,10:0.1:10:0.5,10:0.1:10:1,10:0.1:10:1.5"
 """``over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold]``; the first is today's default."""
 
@@ -108,12 +112,15 @@ def main() -> None:
     ranked = []
     for configuration in arguments.configurations.split(","):
         over_clustering, fraction, reseeded, threshold = (configuration + ":0:1").split(":")[:4]
+        after = RESEED_ITERATIONS if int(reseeded) else 0
+        iterations = FINE_WORK // int(over_clustering) - after
         estimator = StableCountEstimator(
             over_clustering=int(over_clustering),
-            num_iterations=FINE_WORK // int(over_clustering),
+            num_iterations=iterations,
             min_group_fraction=float(fraction),
             reseed_clusters=int(reseeded),
             reseed_threshold=float(threshold),
+            reseed_iterations=RESEED_ITERATIONS,
         )
         rows, moderate = (
             [sweep_quality(estimator, points, classes, seed) for seed, (points, classes) in mixtures[overlap]]
@@ -134,7 +141,7 @@ def main() -> None:
         passes, cells = target_cells(rows)
         digits_cell = f"{np.mean(digits_spearman):.3f} ({min(digits_spearman):.3f})" if digits_spearman else "-"
         print(
-            f"| {over_clustering} | {fraction} | {FINE_WORK // int(over_clustering)} "
+            f"| {over_clustering} | {fraction} | {iterations}{f' + {after}' if after else ''} "
             f"| {f'{reseeded}, {threshold}' if int(reseeded) else '-'} | {cells} "
             f"| {np.mean([row['trust'] for row in rows]):.2f} "
             f"| {moderate_means[0]:.3f}, {moderate_means[1]:.3f}, {np.mean([row['trust'] for row in moderate]):.2f} "

@@ -95,7 +95,7 @@ TINY_RUNS = {
             *("--configurations", "10:0.1,10:0.1:5:1", "--max-count", "100", "--dims", "32", "--seeds", "100"),
             *("--digits-seeds", "0", "--output", "{tmp}"),
         ],
-        "| 10 | 0.1 | 20 | 5, 1 |",
+        "| 10 | 0.1 | 10 + 10 | 5, 1 |",
     ),
     "studies/stable_count_within.py": (
         ["--values", "0.5", "--max-count", "100", "--dims", "32", "--seeds", "100"], "| 0.5 | "

@@ -39,6 +39,7 @@ def _blend_by_loop(points, estimator, seed):
         min_group_fraction=estimator.groups.min_group_fraction,
         reseed_clusters=estimator.groups.reseed_clusters,
         reseed_threshold=estimator.groups.reseed_threshold,
+        reseed_iterations=estimator.groups.reseed_iterations,
     )
     first = groups.estimate(points, seed=seed)
     second = groups.estimate(points, seed=seed + 1)
@@ -67,7 +68,7 @@ def _blend_by_loop(points, estimator, seed):
         (-1.0, 1.0, {}),
         (0.0, 0.05, {}),
         (0.0, 0.05, {"over_clustering": 4, "num_iterations": 7, "min_group_fraction": 0.5}),
-        (0.0, 0.05, {"reseed_clusters": 6, "reseed_threshold": 0.5}),
+        (0.0, 0.05, {"reseed_clusters": 6, "reseed_threshold": 0.5, "reseed_iterations": 3}),
     ],
 )
 def test_the_estimate_is_the_formula_computed_by_a_loop(unstable, stable, grouping):
@@ -138,7 +139,7 @@ def test_deterministic_for_a_seed_and_labels_from_the_first_grouping():
     points = torch.from_numpy(points)
     first, again = StableCountEstimator().estimate(points, seed=5), StableCountEstimator().estimate(points, seed=5)
     assert torch.equal(first.log_frequency, again.log_frequency) and torch.equal(first.labels, again.labels)
-    groups = MergedClusterEstimator(10, reseed_clusters=5, reseed_threshold=0.5)
+    groups = MergedClusterEstimator(10, num_iterations=10, reseed_clusters=5, reseed_threshold=0.5)
     assert torch.equal(first.labels, groups.estimate(points, seed=5).labels)
 
 

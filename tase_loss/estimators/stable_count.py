@@ -103,6 +103,7 @@ class StableCountEstimator(FrequencyEstimator):
             cluster worst (:class:`MergedClusterEstimator`).
         reseed_threshold: how far below its cluster's mean fit (in standard deviations)
             a sample seeds them.
+        reseed_iterations: Lloyd iterations after reseeding.
         unstable: stability at and below which the estimate is the density alone.
         stable: stability at and above which the group shares are trusted fully.
         within: weight of the within-group density ordering.
@@ -130,10 +131,11 @@ class StableCountEstimator(FrequencyEstimator):
         num_clusters: Union[int, Sequence[int]] = 10,
         *,
         over_clustering: int = 10,
-        num_iterations: int = 20,
+        num_iterations: int = 10,
         min_group_fraction: float = 0.1,
         reseed_clusters: int = 5,
         reseed_threshold: float = 0.5,
+        reseed_iterations: int = 10,
         unstable: float = 0.7,
         stable: float = 0.9,
         within: float = 0.5,
@@ -149,6 +151,7 @@ class StableCountEstimator(FrequencyEstimator):
             min_group_fraction=min_group_fraction,
             reseed_clusters=reseed_clusters,
             reseed_threshold=reseed_threshold,
+            reseed_iterations=reseed_iterations,
         )
         self.num_clusters = counts
         self.unstable = check_real("unstable", unstable, -1.0, 1.0)
