@@ -192,8 +192,8 @@ class MergedClusterEstimator(_ClusteringEstimator):
         similarity = np.einsum("ij,ij->i", points, centroids[assignment])
         sizes = np.maximum(np.bincount(assignment, minlength=base), 1)
         mean = np.bincount(assignment, similarity, base) / sizes
-        spread = np.sqrt(np.maximum(np.bincount(assignment, similarity**2, base) / sizes - mean**2, 1e-12))
-        fit = (similarity - mean[assignment]) / spread[assignment]
+        deviation = np.sqrt(np.maximum(np.bincount(assignment, similarity**2, base) / sizes - mean**2, 1e-12))
+        fit = (similarity - mean[assignment]) / deviation[assignment]
         pool = np.flatnonzero(fit < -self.reseed_threshold)
         if pool.size < 2 * reseeded:
             pool = np.argsort(fit, kind="stable")[: 2 * reseeded]
