@@ -48,14 +48,25 @@ class _ClusteringEstimator(FrequencyEstimator):
         self.num_iterations = check_int("num_iterations", num_iterations, minimum=1)
         self.max_training_points = check_int("max_training_points", max_training_points, minimum=1)
 
-    def _kmeans(self, points: np.ndarray, count: int, seed: int, num_threads: Optional[int]) -> tuple:
+    def _kmeans(
+        self,
+        points: np.ndarray,
+        count: int,
+        seed: int,
+        num_threads: Optional[int],
+        *,
+        num_iterations: Optional[int] = None,
+        init_centroids: Optional[np.ndarray] = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`spherical_kmeans` with these options (``num_iterations=None``: :attr:`num_iterations`)."""
         return spherical_kmeans(
             points,
             count,
             seed=seed,
-            num_iterations=self.num_iterations,
+            num_iterations=self.num_iterations if num_iterations is None else num_iterations,
             max_training_points=self.max_training_points,
             num_threads=num_threads,
+            init_centroids=init_centroids,
         )
 
     def _groups(
@@ -198,14 +209,9 @@ class MergedClusterEstimator(_ClusteringEstimator):
         if pool.size < 2 * reseeded:
             pool = np.argsort(fit, kind="stable")[: 2 * reseeded]
         _, seeds = self._kmeans(np.ascontiguousarray(points[pool]), reseeded, seed, num_threads)
-        return spherical_kmeans(
-            points,
-            count,
-            seed=seed,
-            num_iterations=self.reseed_iterations,
-            max_training_points=self.max_training_points,
-            num_threads=num_threads,
-            init_centroids=np.ascontiguousarray(np.vstack([centroids, seeds]), dtype=np.float32),
+        start = np.ascontiguousarray(np.vstack([centroids, seeds]), dtype=np.float32)
+        return self._kmeans(
+            points, count, seed, num_threads, num_iterations=self.reseed_iterations, init_centroids=start
         )
 
     def _groups(self, points, groups, seed, num_threads):  # type: ignore[no-untyped-def]
