@@ -31,3 +31,8 @@ python -m tase_loss.experiments --merge runs/cifar60_check/jobs/*/results.json \
 # histories show trust 0 at all 51 estimates of every run (stability 0.19-0.43):
 #   python -m tase_loss.experiments <the data and settings above> --methods tase \
 #       --seeds 0,1 --output runs/cifar60_trust --no-progress      # then --seeds 2,3,4,5,6,7
+# Stop 34: stable-count reseeds its fine k-means. All 8 tase seeds rerun from a worktree of
+# commit 4335c0c reproduce these runs bit for bit (every epoch loss, both probes); trust 0
+# at all 408 estimates (stability 0.18-0.44), so the estimate was the density throughout:
+#   python -m tase_loss.experiments <the data and settings above> --methods tase \
+#       --seeds 0,1,2,3,4,5,6,7 --output runs/cifar60_reseed --no-progress      # 3,583 s
