@@ -110,17 +110,18 @@ def main() -> None:
         + "|---" * (TARGET_COLUMNS.count("|") + 8)
         + "|"
     )
-    default_moderate = None
+    baseline_moderate = None
     ranked = []
     for configuration in arguments.configurations.split(","):
-        over_clustering, fraction, reseeded, threshold = (configuration + ":0:1").split(":")[:4]
-        after = RESEED_ITERATIONS if int(reseeded) else 0
-        iterations = FINE_WORK // int(over_clustering) - after
+        fields = (configuration + ":0:1").split(":")[:4]
+        over_clustering, fraction, reseeded, threshold = int(fields[0]), fields[1], int(fields[2]), fields[3]
+        after = RESEED_ITERATIONS if reseeded else 0
+        iterations = FINE_WORK // over_clustering - after
         estimator = StableCountEstimator(
-            over_clustering=int(over_clustering),
+            over_clustering=over_clustering,
             num_iterations=iterations,
             min_group_fraction=float(fraction),
-            reseed_clusters=int(reseeded),
+            reseed_clusters=reseeded,
             reseed_threshold=float(threshold),
             reseed_iterations=RESEED_ITERATIONS,
         )
@@ -129,7 +130,7 @@ def main() -> None:
             for overlap in ("low", "moderate")
         )
         moderate_means = tuple(float(np.mean([row[key] for row in moderate])) for key in ("spearman", "gap_recovered"))
-        default_moderate = default_moderate or moderate_means
+        baseline_moderate = baseline_moderate or moderate_means
         digits_spearman = [
             frequency_quality(
                 estimator.estimate(
@@ -144,16 +145,16 @@ def main() -> None:
         digits_cell = f"{np.mean(digits_spearman):.3f} ({min(digits_spearman):.3f})" if digits_spearman else "-"
         print(
             f"| {over_clustering} | {fraction} | {iterations}{f' + {after}' if after else ''} "
-            f"| {f'{reseeded}, {threshold}' if int(reseeded) else '-'} | {cells} "
+            f"| {f'{reseeded}, {threshold}' if reseeded else '-'} | {cells} "
             f"| {np.mean([row['trust'] for row in rows]):.2f} "
             f"| {moderate_means[0]:.3f}, {moderate_means[1]:.3f}, {np.mean([row['trust'] for row in moderate]):.2f} "
             f"| {digits_cell} |",
             flush=True,
         )
-        keeps_moderate = all(new >= old for new, old in zip(moderate_means, default_moderate))
+        keeps_moderate = all(new >= old for new, old in zip(moderate_means, baseline_moderate))
         if keeps_moderate and (not digits_spearman or np.mean(digits_spearman) >= 0.6):
             worst = min([row["spearman"] for row in rows] + digits_spearman)
-            # a full tie goes to the earlier row: the default is the first
+            # a full tie goes to the earlier row: the baseline is the first
             ranked.append((passes.all(axis=0).sum(), passes.all(axis=1).sum(), worst, -len(ranked), configuration))
     if ranked:
         print(f"\nThe rule picks {max(ranked)[-1]} (over_clustering:min_group_fraction[:reseed_clusters:threshold]).")
