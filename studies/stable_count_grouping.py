@@ -35,6 +35,8 @@ losing at moderate overlap what it gained on separable data (docs/results.md).
     python studies/stable_count_grouping.py --output runs/grouping      # the figures in docs/results.md
     python studies/stable_count_grouping.py --output runs/grouping \\
         --configurations 10:0.1,10:0.2,10:0.4,10:0.6,20:0.1,20:0.2,20:0.4,20:0.6   # stop 33's sweep
+    python studies/stable_count_grouping.py --output runs/grouping \\
+        --configurations 10:0.1:5:0.5,10:0.1:5:1.5,10:0.1:5:2,10:0.1:5:3   # stop 35's stricter pools
     python studies/stable_count_grouping.py --output runs/grouping_tiny --configurations 10:0.1 \\
         --max-count 100 --dims 32 --seeds 100 --digits-seeds none      # tiny
 """
