@@ -257,6 +257,41 @@ def check_embeddings(name: str, tensor: object, minimum_rows: int = 1, nonzero_r
     return tensor
 
 
+UNIT_NORM_TOLERANCE = 1e-2
+"""How far from 1 a row's norm may be in :func:`check_unit_rows` (rows stored in float16
+and read back in float32 are about 1e-3 off)."""
+
+
+def check_unit_rows(name: str, tensor: object) -> Tensor:
+    """Require a floating ``(n, D)`` tensor, ``D >= 1``, of finite rows with norm 1.
+
+    One ``(n,)`` norm reduction and no copy of the rows, so it costs little beside an
+    estimate of the same rows.
+
+    Example:
+        >>> check_unit_rows("features", torch.eye(2)).shape
+        torch.Size([2, 2])
+        >>> check_unit_rows("features", 3 * torch.eye(2))
+        Traceback (most recent call last):
+        ...
+        ValueError: features must hold unit rows (torch.nn.functional.normalize them); row 0 has norm 3
+    """
+    tensor = _check_floating(name, tensor)
+    if tensor.dim() != 2 or tensor.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (n, D) with D >= 1, got {tuple(tensor.shape)}")
+    norms = torch.linalg.vector_norm(tensor.detach(), dim=1)
+    off = ~((norms - 1).abs() <= UNIT_NORM_TOLERANCE)  # NaN norms count as off
+    if bool(off.any()):
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} contains NaN or Inf values")
+        row = int(off.nonzero()[0, 0])
+        raise ValueError(
+            f"{name} must hold unit rows (torch.nn.functional.normalize them); "
+            f"row {row} has norm {float(norms[row]):.4g}"
+        )
+    return tensor
+
+
 def check_same_layout(name: str, tensor: Tensor, like_name: str, like: Tensor) -> None:
     """Require ``tensor`` to match ``like`` in feature size, dtype and device."""
     if tensor.shape[1] != like.shape[1]:

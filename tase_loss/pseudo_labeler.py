@@ -22,7 +22,7 @@ from tase_loss._validation import (
     warn_renamed,
 )
 from tase_loss.bank import BANK_DTYPES, FeatureBank
-from tase_loss.estimators import FrequencyEstimate, FrequencyEstimator, build_estimator
+from tase_loss.estimators import MAX_SEED, FrequencyEstimate, FrequencyEstimator, build_estimator
 
 __all__ = ["FrequencyReference", "NotFittedError", "PseudoLabeler"]
 
@@ -105,8 +105,8 @@ class PseudoLabeler:
         estimate_every: epochs between estimates after the warm-up.
         momentum: EMA factor of the log-frequency, in ``[0, 1)``; ``0`` keeps only the
             latest estimate.
-        seed: seed of the estimator's random choices (its ``j``-th estimate uses ``seed``
-            too: a fixed bank gives a fixed estimate).
+        seed: seed of the estimator's random choices, in ``[0, MAX_SEED]`` (its ``j``-th
+            estimate uses ``seed`` too: a fixed bank gives a fixed estimate).
         num_threads: OpenMP threads FAISS may use; ``None`` leaves FAISS's setting.
         bank_dtype: storage dtype of the bank (``torch.float16`` by default).
         device: device of the bank; ``None`` follows the first features.
@@ -158,7 +158,7 @@ class PseudoLabeler:
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=1)
         self.estimate_every = check_int("estimate_every", estimate_every, minimum=1)
         self.momentum = check_real("momentum", momentum, 0.0, 1.0, exclusive_maximum=True)
-        self.seed = check_int("seed", seed)
+        self.seed = check_int("seed", seed, 0, MAX_SEED)
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, minimum=1)
         self.gather_distributed = bool(gather_distributed)
         self.bank = FeatureBank(

@@ -57,7 +57,10 @@ def test_duplicates_exclude_only_the_point_itself():
     # Points 0 and 1 are each other's neighbour at similarity 1 (not themselves).
     torch.testing.assert_close(ours[:2], torch.ones(2, dtype=F64))
     torch.testing.assert_close(ours[2:], torch.tensor([0.8, 0.8], dtype=F64))
-    assert knn_log_density(features, k=1, kernel="kth_neighbor", dimension=1.0)[0] == pytest.approx(-math.log(1e-6))
+    # With k = 1 the copies' radius is 0: they get the smallest other one (points 2 and 3
+    # are each other's nearest, at distance sqrt(2 - 2 * 0.8)).
+    radius = knn_log_density(features, k=1, kernel="kth_neighbor", dimension=1.0)
+    torch.testing.assert_close(radius, torch.full((4,), -math.log(math.sqrt(0.4)), dtype=F64))
 
 
 def _density_weights(num_samples, dim, alpha=1.0, max_weight=10.0, **options):

@@ -16,8 +16,8 @@ from tase_loss import (
     build_estimator,
     knn_log_density,
 )
-from tase_loss.estimators import ESTIMATORS, adjusted_rand_index, intrinsic_dimension
-from tase_loss.estimators.density import _mutual_edges, reference_size
+from tase_loss.estimators import ESTIMATORS, MAX_SEED, adjusted_rand_index, intrinsic_dimension
+from tase_loss.estimators.density import _density_of, _exact_copies, _mutual_edges, reference_size
 from tase_loss.experiments.data import group_classes, planted_mixture
 from tase_loss.experiments.evaluation import frequency_quality
 
@@ -36,6 +36,17 @@ def test_cluster_size_is_the_share_of_the_cluster():
     expected = torch.log(torch.tensor([8.0, 4.0, 2.0], dtype=torch.float64) / 14)[labels]
     torch.testing.assert_close(estimate.log_frequency, expected)
     assert estimate.diagnostics["num_groups"] == 3.0 and estimate.diagnostics["seconds"] >= 0
+
+
+def test_tied_merge_heights_still_give_the_groups_asked_for():
+    """Four duplicated points, pairwise orthogonal: every merge of the tree is at one height,
+    where a cut by height gives 1 or 4 groups; each cluster must land whole in one group."""
+    labels = torch.arange(4).repeat_interleave(torch.tensor([40, 30, 20, 10]))
+    points = torch.eye(4, 8)[labels]
+    for groups in (2, 3):
+        estimate = MergedClusterEstimator(groups).estimate(points)
+        assert estimate.labels.unique().numel() == groups == estimate.diagnostics["num_groups"]
+        assert all(estimate.labels[labels == c].unique().numel() == 1 for c in range(4))
 
 
 def test_merged_clusters_count_a_split_head_class_whole():
@@ -138,6 +149,14 @@ def test_intrinsic_dimension_of_a_line_and_a_plane():
         assert intrinsic_dimension(distance) == pytest.approx(dim, rel=0.15)
 
 
+def test_intrinsic_dimension_leaves_duplicates_out_by_hand():
+    distance = np.array([[0.0, 0.1, 0.3], [0.1, 0.2, 0.4], [0.0, 0.0, 0.0]])
+    # row 0: only log(0.3 / 0.1) counts; row 1: both ratios; row 2: no distance at all
+    expected = 1.0 / np.mean([math.log(3.0), (math.log(4.0) + math.log(2.0)) / 2])
+    assert intrinsic_dimension(distance) == pytest.approx(expected, rel=1e-12)
+    assert intrinsic_dimension(np.zeros((3, 4))) == 1.0
+
+
 def test_kth_neighbor_log_density_matches_a_loop():
     generator = torch.Generator().manual_seed(0)
     points = torch.nn.functional.normalize(torch.randn(40, 5, generator=generator, dtype=torch.float64), dim=1)
@@ -177,7 +196,7 @@ def test_knn_density_smoothing_matches_a_loop():
 
 def test_momentum_loss_is_minus_the_standardized_loss():
     loss = torch.tensor([2.0, 4.0, 6.0])
-    estimate = MomentumLossEstimator(scale=2.0).estimate(torch.zeros(3, 1), loss=loss)
+    estimate = MomentumLossEstimator(scale=2.0).estimate(torch.ones(3, 1), loss=loss)
     z = (loss.double() - 4.0) / 2.0
     torch.testing.assert_close(estimate.log_frequency, -2.0 * z - float((-2.0 * z).max()))
 
@@ -216,17 +235,103 @@ def test_bad_options_name_themselves(build, message):
         build()
 
 
+def _unit(count, dim, seed=0):
+    return torch.nn.functional.normalize(torch.randn(count, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
 def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="needs at least 10 samples, got 4"):
-        ClusterSizeEstimator(10).estimate(torch.randn(4, 3))
+        ClusterSizeEstimator(10).estimate(_unit(4, 3))
     with pytest.raises(ValueError, match="needs at least 21 samples"):
-        KNNDensityEstimator().estimate(torch.randn(20, 3))
+        KNNDensityEstimator().estimate(_unit(20, 3))
     with pytest.raises(ValueError, match="per-sample losses"):
-        MomentumLossEstimator().estimate(torch.zeros(3, 2))
+        MomentumLossEstimator().estimate(_unit(3, 2))
     with pytest.raises(ValueError, match="NaN"):
-        MomentumLossEstimator().estimate(torch.zeros(3, 2), loss=torch.tensor([1.0, float("nan"), 2.0]))
+        MomentumLossEstimator().estimate(_unit(3, 2), loss=torch.tensor([1.0, float("nan"), 2.0]))
     with pytest.raises(ValueError, match="features contains NaN"):
         knn_log_density(torch.tensor([[1.0, float("nan")], [0.0, 1.0], [1.0, 1.0]]), k=1)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_estimate_rejects_features_and_seeds_it_cannot_use(name):
+    """Checked before any work: not unit rows, not finite, no feature axis, seeds FAISS cannot take."""
+    estimator = build_estimator(name)
+    count = max(estimator.minimum_samples, 40)
+    features = _unit(count, 4)
+    loss = torch.zeros(count) if estimator.uses_loss else None
+    with pytest.raises(ValueError, match=r"features must hold unit rows .*row 0 has norm 3"):
+        estimator.estimate(3 * features, loss=loss)
+    broken = features.clone()
+    broken[5, 1] = float("nan")
+    with pytest.raises(ValueError, match="features contains NaN or Inf"):
+        estimator.estimate(broken, loss=loss)
+    with pytest.raises(ValueError, match=r"features must have shape \(n, D\) with D >= 1, got \(40, 0\)"):
+        estimator.estimate(torch.zeros(40, 0), loss=loss)
+    with pytest.raises(ValueError, match=rf"features must have shape \(n, D\) with D >= 1, got \(2, {count}, 2\)"):
+        estimator.estimate(features.reshape(2, -1, 2), loss=loss)
+    with pytest.raises(TypeError, match="features must be a floating tensor"):
+        estimator.estimate(torch.ones(count, 4, dtype=torch.int64), loss=loss)
+    for seed in (-1, MAX_SEED + 1):
+        with pytest.raises(ValueError, match="seed must be an integer >= 0 and <= "):
+            estimator.estimate(features, seed=seed, loss=loss)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        estimator.estimate(features, seed=np.int64(3), loss=loss)
+    # the largest seed allowed runs (an ensemble's or a second grouping's seed + 1 included)
+    assert estimator.estimate(features, seed=MAX_SEED, loss=loss).log_frequency.shape == (count,)
+
+
+def test_rows_stored_in_float16_count_as_unit():
+    features = _unit(200, 64).to(torch.float16).to(torch.float32)
+    assert KNNDensityEstimator().estimate(features).log_frequency.shape == (200,)
+
+
+def test_labeler_rejects_a_seed_out_of_range_when_built():
+    for seed in (-1, MAX_SEED + 1):
+        with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+            PseudoLabeler(100, 4, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_duplicated_samples_do_not_shift_the_others(dtype):
+    """A sample with k exact copies has r_k = 0: its density is capped at the densest other
+    sample's, so the others keep their estimate, also for rows stored in half precision
+    (a bank's), whose copies are up to 0.07 apart in ``sqrt(2 - 2 s)``."""
+    points, labels = _separated([300, 80, 20], spread=0.3)
+    points = points.to(dtype).float()
+    duplicated = torch.cat([points, points[:1].repeat(10, 1)])
+    for estimator in (KNNDensityEstimator(), build_estimator(DEFAULT_ESTIMATOR)):
+        clean = estimator.estimate(points).log_frequency.numpy()
+        shifted = estimator.estimate(duplicated).log_frequency.numpy()[: len(points)]
+        class_means = [[values[labels.numpy() == c].mean() for c in range(3)] for values in (clean, shifted)]
+        # Measured: the others move by 0.04-0.10 nats (knn-density) and 0.28-0.39
+        # (stable-count: the 11 identical points smooth to a higher maximum); without the
+        # cap they moved by 11-56 nats.
+        np.testing.assert_allclose(class_means[1], class_means[0], atol=1.0)
+
+
+def test_copies_get_the_densest_other_radius_and_leave_the_dimension_alone():
+    """``_density_of`` by hand: row 0's two neighbours and row 1's nearest are copies (at
+    1e-4 in ``sqrt(2 - 2 s)``, as float rounding puts them); the others are not."""
+    distance = np.array([[1e-4, 1e-4], [1e-4, 0.2], [0.1, 0.2], [0.2, 0.3], [0.3, 0.6]])
+    copies = np.zeros_like(distance, dtype=bool)
+    copies[0] = copies[1, 0] = True
+    similarity = 1.0 - distance**2 / 2.0
+    log_density, dimension = _density_of(similarity, "kth_neighbor", 0.0, None, copies)
+    assert dimension == pytest.approx(intrinsic_dimension(distance[2:]), rel=1e-9)
+    radius = np.array([0.2, 0.2, 0.2, 0.3, 0.6])  # row 0 floored at the densest other r_k
+    np.testing.assert_allclose(log_density, -dimension * np.log(radius), rtol=1e-9)
+
+
+def test_exact_copies_are_found_whatever_the_norm():
+    generator = np.random.default_rng(0)
+    rows = generator.standard_normal((6, 16)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True) * 1.01  # 1 % off norm 1, as float16 rows can be
+    rows[3] = rows[0]
+    found = np.array([[3, 1], [2, 0], [0, 1], [0, 4], [5, 0], [4, 1]])
+    similarity = np.einsum("id,ikd->ik", rows.astype(np.float64), rows[found].astype(np.float64))
+    expected = np.zeros(found.shape, dtype=bool)
+    expected[0, 0] = expected[3, 0] = True
+    np.testing.assert_array_equal(_exact_copies(rows, found, similarity), expected)
 
 
 @pytest.mark.parametrize("overlap", ["low", "moderate"])

@@ -419,6 +419,10 @@ def test_input_density_method_estimates_once_from_the_raw_images():
     losses = MethodContext(60, 0, torch.device("cpu"), _settings(estimator="momentum-loss"), train_images=images)
     with pytest.raises(ValueError, match="estimator of features"):
         build_method("tase-input", losses, model)
+    images[7] = 0.0  # an all-black image: refused when built, not after the warm-up
+    blank = MethodContext(60, 0, torch.device("cpu"), settings, train_images=images)
+    with pytest.raises(ValueError, match=r"cannot place all-zero training images, e\.g\. index 7"):
+        build_method("tase-input", blank, model)
 
 
 def _part(method, accuracies, seeds=None):

@@ -23,6 +23,22 @@ def test_adjusted_rand_index_matches_scikit_learn(seed):
     assert adjusted_rand_index(first, (first + 2) % 5) == pytest.approx(1.0)
 
 
+def test_adjusted_rand_index_takes_any_ids_and_rejects_what_is_not_two_labelings():
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(0, 4, 50), rng.integers(0, 3, 50)
+    renamed = np.array([-7, 10**12, 3, 0])[first]  # only which samples share an id matters
+    assert adjusted_rand_index(renamed, second) == adjusted_rand_index(first, second)
+    assert adjusted_rand_index(list(first), list(second)) == adjusted_rand_index(first, second)
+    with pytest.raises(ValueError, match="first and second must label the same samples, got 4 and 1"):
+        adjusted_rand_index([0, 0, 1, 1], [0])
+    with pytest.raises(ValueError, match="first must be a non-empty vector of integer labels"):
+        adjusted_rand_index(np.array([], dtype=np.int64), np.array([], dtype=np.int64))
+    with pytest.raises(ValueError, match="second must be a non-empty vector of integer labels"):
+        adjusted_rand_index([0, 1], [0.0, 1.0])
+    with pytest.raises(ValueError, match="first must be a non-empty vector of integer labels"):
+        adjusted_rand_index(np.zeros((2, 2), dtype=np.int64), [0, 1])
+
+
 def test_adjusted_rand_index_of_trivial_partitions():
     ones = np.zeros(6, dtype=np.int64)
     assert adjusted_rand_index(ones, ones) == adjusted_rand_score(ones, ones) == 1.0

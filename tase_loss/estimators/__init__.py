@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import Any, Union
 
 from tase_loss._validation import check_choice
-from tase_loss.estimators.base import FrequencyEstimate, FrequencyEstimator
+from tase_loss.estimators.base import MAX_SEED, FrequencyEstimate, FrequencyEstimator
 from tase_loss.estimators.clustering import ClusterSizeEstimator, MergedClusterEstimator
 from tase_loss.estimators.density import KNNDensityEstimator, intrinsic_dimension, knn_log_density
 from tase_loss.estimators.stable_count import StableCountEstimator, adjusted_rand_index
@@ -49,6 +49,7 @@ from tase_loss.estimators.training_signal import MomentumLossEstimator
 __all__ = [
     "DEFAULT_ESTIMATOR",
     "ESTIMATORS",
+    "MAX_SEED",
     "ClusterSizeEstimator",
     "FrequencyEstimate",
     "FrequencyEstimator",

@@ -13,8 +13,13 @@ import torch
 from torch import Tensor
 
 from tase_loss._faiss import spherical_kmeans
+from tase_loss._validation import check_int, check_unit_rows
 
-__all__ = ["FrequencyEstimate", "FrequencyEstimator"]
+__all__ = ["MAX_SEED", "FrequencyEstimate", "FrequencyEstimator"]
+
+MAX_SEED = 2**31 - 2**16
+"""The largest seed an estimator takes. FAISS keeps seeds in a C ``int``, and an estimator
+may use ``seed + j`` for a member ``j`` of an ensemble or a second grouping."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ class FrequencyEstimator(abc.ABC):
         Args:
             features: ``(n, D)`` float32 CPU unit rows (a :class:`~tase_loss.FeatureBank`'s
                 :meth:`~tase_loss.FeatureBank.rows`).
-            seed: seed of every random choice (k-means initialization, subsampling).
+            seed: seed of every random choice (k-means initialization, subsampling), in
+                ``[0, MAX_SEED]``.
             num_threads: OpenMP threads FAISS may use; ``None`` leaves its setting.
             loss: ``(n,)`` float per-sample losses, for estimators with :attr:`uses_loss`.
 
@@ -74,10 +80,12 @@ class FrequencyEstimator(abc.ABC):
             ``diagnostics`` include ``seconds``.
 
         Raises:
-            ValueError: too few samples for this estimator, or missing losses.
+            TypeError: ``features`` not a floating tensor, or ``seed`` not an integer.
+            ValueError: ``features`` not finite unit rows, ``seed`` out of range, too few
+                samples for this estimator, or missing losses.
         """
-        if not isinstance(features, Tensor) or features.dim() != 2:
-            raise ValueError(f"features must be an (n, D) tensor, got {type(features).__name__}")
+        check_unit_rows("features", features)
+        check_int("seed", seed, 0, MAX_SEED)
         count = features.shape[0]
         if count < self.minimum_samples:
             raise ValueError(f"the {self.name} estimator needs at least {self.minimum_samples} samples, got {count}")

@@ -215,7 +215,7 @@ class MergedClusterEstimator(_ClusteringEstimator):
         )
 
     def _groups(self, points, groups, seed, num_threads):  # type: ignore[no-untyped-def]
-        from scipy.cluster.hierarchy import fcluster, linkage
+        from scipy.cluster.hierarchy import cut_tree, fcluster, linkage
 
         fine = max(groups, min(self.over_clustering * groups, points.shape[0] // 2))
         assignment, centroids = self._fine_clusters(points, fine, seed, num_threads)
@@ -231,6 +231,11 @@ class MergedClusterEstimator(_ClusteringEstimator):
             # at most one a cut: the first cut with C kept groups has exactly C.
             for cut in range(groups, used.size + 1):
                 cluster = fcluster(tree, cut, criterion="maxclust") - 1
+                if cluster.max() + 1 < cut:
+                    # Tied merge heights (duplicate centroids): fcluster cuts at a height,
+                    # so it cannot split one of them without the others; undo merges one
+                    # at a time instead.
+                    cluster = cut_tree(tree, n_clusters=cut).ravel()
                 kept = np.bincount(cluster, weights=sizes[used]) >= smallest
                 if kept.sum() >= groups:
                     break

@@ -17,12 +17,15 @@ __all__ = ["KERNELS", "KNNDensityEstimator", "intrinsic_dimension", "knn_log_den
 
 KERNELS = ("kth_neighbor", "exponential")
 _MIN_DISTANCE = 1e-6
+"""Distances up to this are duplicates: no log ratio, no finite density."""
 
 
 def intrinsic_dimension(distance: np.ndarray) -> float:
     """Levina-Bickel maximum-likelihood intrinsic dimension from sorted kNN distances.
 
     The inverse estimates are averaged over points (MacKay and Ghahramani's correction).
+    Duplicates (distances up to ``1e-6``) are left out: of a point's ratios, and points
+    whose ``k``-th distance is one are left out altogether (1 if no point is left).
 
     Args:
         distance: ``(n, k)`` distances to the ``k >= 2`` nearest neighbours, ascending.
@@ -36,8 +39,15 @@ def intrinsic_dimension(distance: np.ndarray) -> float:
         >>> 2.5 < intrinsic_dimension(d) < 3.5
         True
     """
-    distance = np.maximum(distance, _MIN_DISTANCE)
-    log_ratio = np.log(distance[:, -1:] / distance[:, :-1]).mean(axis=1)
+    if (distance > _MIN_DISTANCE).all():
+        log_ratio = np.log(distance[:, -1:] / distance[:, :-1]).mean(axis=1)
+    else:
+        distance = distance[distance[:, -1] > _MIN_DISTANCE]
+        counted = distance[:, :-1] > _MIN_DISTANCE
+        ratios = np.log(distance[:, -1:] / np.where(counted, distance[:, :-1], distance[:, -1:]))
+        log_ratio = ratios.sum(axis=1)[counted.any(axis=1)] / counted.sum(axis=1)[counted.any(axis=1)]
+        if log_ratio.size == 0:
+            return 1.0
     return float(1.0 / max(log_ratio.mean(), 1e-12))
 
 
@@ -87,6 +97,7 @@ REFERENCE_PAIRS = 400_000_000
 each other exactly; above, the samples search a random reference subsample."""
 
 MIN_REFERENCE = 4096
+_BLOCK = 8192  # rows per pass of _exact_copies: a few (8192, k) float64 temporaries
 _CHUNK = 128  # rows per gather: 128 x k x D float64 stays in cache (1024 was 1.5x slower at 1M)
 
 
@@ -155,7 +166,8 @@ def _knn_log_density(
     # FAISS's float32 inner products of near duplicates can exceed 1: recompute in float64
     # (also what makes s_ij == s_ji exactly, which the smoothing graph relies on).
     similarity = _similarities(unit, found)
-    log_density, dimension = _density_of(similarity[:, :k], kernel, bandwidth, dimension)
+    copies = _exact_copies(unit, found[:, :k], similarity[:, :k]) if kernel == "kth_neighbor" else None
+    log_density, dimension = _density_of(similarity[:, :k], kernel, bandwidth, dimension, copies)
     return log_density, found, similarity, is_reference, dimension
 
 
@@ -182,18 +194,50 @@ def _similarities(unit: np.ndarray, found: np.ndarray) -> np.ndarray:
     return similarity.numpy()
 
 
+def _exact_copies(unit: np.ndarray, found: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """``(n, k)`` whether each listed neighbour is a copy of its sample (up to ``1e-6``).
+
+    From ``|u_i|^2 + |u_j|^2 - 2 s_ij`` in float64, which is 0 up to rounding for a copy,
+    not from ``2 - 2 s_ij``: rows stored in float16 are up to 1e-2 off norm 1, so a copy's
+    ``sqrt(2 - 2 s)`` can exceed the distance between two distinct samples.
+    """
+    squared = np.einsum("ij,ij->i", unit, unit, dtype=np.float64)  # buffered: no float64 copy of the rows
+    copies = np.empty(found.shape, dtype=bool)
+    for start in range(0, unit.shape[0], _BLOCK):
+        part = slice(start, start + _BLOCK)
+        copies[part] = squared[part, None] + squared[found[part]] - 2.0 * similarity[part] <= _MIN_DISTANCE**2
+    return copies
+
+
 def _density_of(
-    similarity: np.ndarray, kernel: str, bandwidth: float, dimension: Optional[float]
+    similarity: np.ndarray,
+    kernel: str,
+    bandwidth: float,
+    dimension: Optional[float],
+    copies: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, float]:
-    """Log density from each row's ``(n, k)`` neighbour similarities, and the dimension used."""
+    """Log density from each row's ``(n, k)`` neighbour similarities, and the dimension used.
+
+    ``copies`` (``(n, k)`` bool) marks neighbours that duplicate their sample; their
+    distance is 0 whatever ``2 - 2 s`` says.
+    """
     if kernel == "exponential":
         top = similarity.max(axis=1, keepdims=True)
         log_density = (top[:, 0] / bandwidth) + np.log(np.mean(np.exp((similarity - top) / bandwidth), axis=1))
         return log_density, float("nan")
-    distance = np.sort(np.sqrt(np.clip(2.0 - 2.0 * similarity, 0.0, None)), axis=1)
+    distance = np.sqrt(np.clip(2.0 - 2.0 * similarity, 0.0, None))
+    if copies is not None and copies.any():
+        distance[copies] = 0.0
+    distance = np.sort(distance, axis=1)
     if dimension is None:
         dimension = intrinsic_dimension(distance) if similarity.shape[1] >= 2 else 1.0
-    return -dimension * np.log(np.maximum(distance[:, -1], _MIN_DISTANCE)), float(dimension)
+    # A sample with k duplicates has r_k = 0 and an unbounded density, which would push
+    # every other sample down once the estimate is shifted to max 0: it gets the densest
+    # other sample's r_k instead.
+    radius = distance[:, -1]
+    regular = radius > _MIN_DISTANCE
+    floor = radius[regular].min() if regular.any() else _MIN_DISTANCE
+    return -dimension * np.log(np.maximum(radius, floor)), float(dimension)
 
 
 class KNNDensityEstimator(FrequencyEstimator):
@@ -204,7 +248,10 @@ class KNNDensityEstimator(FrequencyEstimator):
        differences are nats of density: for classes of alike shapes, a class ``r``
        times as frequent is ``log r`` denser, so the scale means frequency, not only
        rank. (``kernel="exponential"`` uses a vMF kernel of fixed bandwidth instead:
-       the weights of the rwSAM paper's recipe.)
+       the weights of the rwSAM paper's recipe.) Duplicates: a sample whose ``k``
+       nearest neighbours are all copies of it gets the smallest other ``r_k``, and
+       copies are left out of ``d``, so ``k`` copies of one image do not push every
+       other sample down.
     2. Smoothing: ``smoothing_rounds`` times, ``log p_i <- (log p_i + mean_j log p_j) / 2``
        over ``i``'s mutual neighbours among ``graph_neighbors`` (``j`` lists ``i`` and
        ``i`` lists ``j``). A single density estimate varies a lot within a class (a

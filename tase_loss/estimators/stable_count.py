@@ -22,13 +22,29 @@ def adjusted_rand_index(first: np.ndarray, second: np.ndarray) -> float:
     1 for identical partitions (up to renaming), about 0 for independent ones.
 
     Args:
-        first: ``(n,)`` non-negative integer labels.
-        second: ``(n,)`` non-negative integer labels.
+        first: ``(n,)`` integer labels, ``n >= 1`` (any ids: only which samples share
+            one matters).
+        second: ``(n,)`` integer labels.
+
+    Raises:
+        ValueError: the labelings are not two non-empty integer vectors of one length.
 
     Example:
         >>> adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0]))
         1.0
     """
+    labelings = [np.asarray(first), np.asarray(second)]
+    for name, labels in zip(("first", "second"), labelings):
+        if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{name} must be a non-empty vector of integer labels, got {labels.dtype} {labels.shape}")
+    if labelings[0].size != labelings[1].size:
+        sizes = f"{labelings[0].size} and {labelings[1].size}"
+        raise ValueError(f"first and second must label the same samples, got {sizes}")
+    return _adjusted_rand_index(*(np.unique(labels, return_inverse=True)[1].ravel() for labels in labelings))
+
+
+def _adjusted_rand_index(first: np.ndarray, second: np.ndarray) -> float:
+    """:func:`adjusted_rand_index` of two labelings already known to be valid, ids ``0..G-1``."""
     count = first.size
     table = np.bincount(first * (int(second.max()) + 1) + second).astype(np.float64)
 
@@ -174,7 +190,7 @@ class StableCountEstimator(FrequencyEstimator):
         # k-means labels of its own (estimate() would add them).
         first, second = (self.groups._estimate(points, seed + member, num_threads, None) for member in (0, 1))
         labels = first.labels.numpy()
-        stability = adjusted_rand_index(labels, second.labels.numpy())
+        stability = _adjusted_rand_index(labels, second.labels.numpy())
         trust = float(np.clip((stability - self.unstable) / (self.stable - self.unstable), 0.0, 1.0))
         density = self.density._estimate(points, seed, num_threads, None)
         log_density = density.log_frequency.numpy()

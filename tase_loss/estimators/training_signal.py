@@ -17,7 +17,8 @@ class MomentumLossEstimator(FrequencyEstimator):
     latest epoch. Smoothed across epochs by the :class:`~tase_loss.PseudoLabeler`'s
     moving average (its ``momentum``), this is BCL's momentum loss. The scale is a
     convention (one standard deviation of loss = ``scale`` nats of frequency): a
-    training signal carries no unit of frequency. Features are not read.
+    training signal carries no unit of frequency. Features only give the reported k-means
+    groups (:meth:`~tase_loss.estimators.FrequencyEstimator.estimate`).
 
     Args:
         scale: nats of log-frequency per standard deviation of the loss.
@@ -25,7 +26,8 @@ class MomentumLossEstimator(FrequencyEstimator):
     Example:
         >>> import torch
         >>> loss = torch.tensor([1.0, 2.0, 3.0])
-        >>> estimate = MomentumLossEstimator().estimate(torch.zeros(3, 2), loss=loss)
+        >>> features = torch.nn.functional.normalize(torch.randn(3, 2), dim=1)
+        >>> estimate = MomentumLossEstimator().estimate(features, loss=loss)
         >>> estimate.log_frequency.argmax().item()    # the smallest loss: the most frequent
         0
     """

@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -261,6 +262,11 @@ class InputDensityContrastiveMethod(FixedFrequencyContrastiveMethod):
             raise ValueError("the input-density method needs an estimator of features, not one of losses")
         self.train_images = context.train_images
         self.seed = context.seed
+        blank = np.flatnonzero(~self.train_images.reshape(len(self.train_images), -1).any(axis=1))
+        if blank.size:
+            # checked here, not at the first estimate after the warm-up: a zero row has no
+            # direction on the sphere the estimator works on
+            raise ValueError(f"the input-density method cannot place all-zero training images, e.g. index {blank[0]}")
 
     def fixed_estimate(self) -> FrequencyEstimate:
         labeler = self.labeler
