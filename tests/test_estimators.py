@@ -304,8 +304,7 @@ def test_duplicated_samples_do_not_shift_the_others(dtype):
         shifted = estimator.estimate(duplicated).log_frequency.numpy()[: len(points)]
         class_means = [[values[labels.numpy() == c].mean() for c in range(3)] for values in (clean, shifted)]
         # Measured: the others move by 0.04-0.10 nats (knn-density) and 0.28-0.39
-        # (stable-count: the 11 identical points smooth to a higher maximum); without the
-        # cap they moved by 11-56 nats.
+        # (stable-count); without the cap they moved by 11-56 nats.
         np.testing.assert_allclose(class_means[1], class_means[0], atol=1.0)
 
 
