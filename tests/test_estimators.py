@@ -276,6 +276,10 @@ def test_estimate_rejects_features_and_seeds_it_cannot_use(name):
             estimator.estimate(features, seed=seed, loss=loss)
     with pytest.raises(TypeError, match="seed must be an integer"):
         estimator.estimate(features, seed=np.int64(3), loss=loss)
+    with pytest.raises(ValueError, match="num_threads must be an integer >= 1, got 0"):
+        estimator.estimate(features, num_threads=0, loss=loss)
+    with pytest.raises(TypeError, match="num_threads must be an integer"):
+        estimator.estimate(features, num_threads=True, loss=loss)
     # the largest seed allowed runs (an ensemble's or a second grouping's seed + 1 included)
     assert estimator.estimate(features, seed=MAX_SEED, loss=loss).log_frequency.shape == (count,)
 

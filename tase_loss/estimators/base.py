@@ -80,12 +80,15 @@ class FrequencyEstimator(abc.ABC):
             ``diagnostics`` include ``seconds``.
 
         Raises:
-            TypeError: ``features`` not a floating tensor, or ``seed`` not an integer.
-            ValueError: ``features`` not finite unit rows, ``seed`` out of range, too few
-                samples for this estimator, or missing losses.
+            TypeError: ``features`` not a floating tensor, or ``seed`` or ``num_threads``
+                not an integer.
+            ValueError: ``features`` not finite unit rows, ``seed`` or ``num_threads`` out
+                of range, too few samples for this estimator, or missing losses.
         """
         check_unit_rows("features", features)
         check_int("seed", seed, 0, MAX_SEED)
+        if num_threads is not None:
+            check_int("num_threads", num_threads, minimum=1)
         count = features.shape[0]
         if count < self.minimum_samples:
             raise ValueError(f"the {self.name} estimator needs at least {self.minimum_samples} samples, got {count}")
