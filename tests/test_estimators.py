@@ -289,6 +289,20 @@ def test_rows_stored_in_float16_count_as_unit():
     assert KNNDensityEstimator().estimate(features).log_frequency.shape == (200,)
 
 
+def test_labels_use_every_id_when_a_cluster_ends_up_empty():
+    """Three distinct rows repeated, ten k-means clusters: most end up empty, and the ids
+    of the used ones are closed up, so the labeler's group sizes hold no zeros."""
+    rows = _unit(3, 8, seed=1).repeat_interleave(torch.tensor([200, 50, 10]), dim=0)
+    for estimator in (ClusterSizeEstimator(10), KNNDensityEstimator()):
+        labels = estimator.estimate(rows).labels
+        assert labels.unique().tolist() == [0, 1, 2]
+        assert sorted(torch.bincount(labels).tolist()) == [10, 50, 200]
+    labeler = PseudoLabeler(260, 8, ClusterSizeEstimator(10), warmup_epochs=1)
+    labeler.update(torch.arange(260), rows)
+    labeler.end_epoch(0)
+    assert sorted(labeler.group_sizes.tolist()) == [10, 50, 200]
+
+
 def test_labeler_rejects_a_seed_out_of_range_when_built():
     for seed in (-1, MAX_SEED + 1):
         with pytest.raises(ValueError, match="seed must be an integer >= 0"):

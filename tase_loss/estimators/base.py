@@ -28,7 +28,7 @@ class FrequencyEstimate:
 
     Attributes:
         log_frequency: ``(n,)`` float64, ``log f_i <= 0``.
-        labels: ``(n,)`` int64 group ids in ``[0, num_groups)``. A clustering estimator's
+        labels: ``(n,)`` int64 group ids, each of ``0 .. num_groups - 1`` used. A clustering estimator's
             frequency is its group's share; for the others (kNN density, momentum loss)
             :meth:`FrequencyEstimator.estimate` adds FAISS spherical k-means groups
             (:attr:`FrequencyEstimator.num_groups`), reported beside the estimate. ``None``
@@ -99,7 +99,11 @@ class FrequencyEstimator(abc.ABC):
         estimate = self._estimate(points, seed, num_threads, loss)
         if estimate.labels is None:
             labels, _ = spherical_kmeans(points, min(self.num_groups, count), seed=seed, num_threads=num_threads)
-            estimate = dataclasses.replace(estimate, labels=torch.from_numpy(labels))
+        else:
+            labels = estimate.labels.numpy()
+        if not np.bincount(labels).all():  # a k-means cluster ended up empty: close the gap in the ids
+            labels = np.unique(labels, return_inverse=True)[1].reshape(-1)
+        estimate = dataclasses.replace(estimate, labels=torch.from_numpy(labels))
         estimate.diagnostics["seconds"] = time.perf_counter() - started
         return estimate
 
