@@ -68,8 +68,9 @@ class FrequencyEstimator(abc.ABC):
         """Estimate the frequency of each of ``n`` samples.
 
         Args:
-            features: ``(n, D)`` float32 CPU unit rows (a :class:`~tase_loss.FeatureBank`'s
-                :meth:`~tase_loss.FeatureBank.rows`).
+            features: ``(n, D)`` unit rows, norm 1 within ``1e-2`` (a
+                :class:`~tase_loss.FeatureBank`'s :meth:`~tase_loss.FeatureBank.rows`); read
+                as float32 on the CPU.
             seed: seed of every random choice (k-means initialization, subsampling), in
                 ``[0, MAX_SEED]``.
             num_threads: OpenMP threads FAISS may use; ``None`` leaves its setting.
