@@ -45,7 +45,8 @@ def intrinsic_dimension(distance: np.ndarray) -> float:
         distance = distance[distance[:, -1] > _MIN_DISTANCE]
         counted = distance[:, :-1] > _MIN_DISTANCE
         ratios = np.log(distance[:, -1:] / np.where(counted, distance[:, :-1], distance[:, -1:]))
-        log_ratio = ratios.sum(axis=1)[counted.any(axis=1)] / counted.sum(axis=1)[counted.any(axis=1)]
+        measured = counted.any(axis=1)
+        log_ratio = ratios.sum(axis=1)[measured] / counted.sum(axis=1)[measured]
         if log_ratio.size == 0:
             return 1.0
     return float(1.0 / max(log_ratio.mean(), 1e-12))
