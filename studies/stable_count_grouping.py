@@ -15,7 +15,9 @@ clusters per group, 10 at 20), and (stop 34) reseeding: ``reseed_clusters`` of t
 clusters seeded from the samples that fit their fine cluster worst (more than
 ``reseed_threshold`` standard deviations below its mean similarity), then
 ``RESEED_ITERATIONS`` Lloyd iterations from all fine centroids, taken from the first
-k-means's iterations so that the work stays today's. All on the **development** data only: the planted mixtures
+k-means's iterations so that the work stays today's; and (stop 36) ``nesting``: a sample takes the share
+of its group in the second grouping where that group is smaller and lies at least ``nesting`` inside
+its group of the first (``StableCountEstimator``, step 4). All on the **development** data only: the planted mixtures
 of seeds 100-103 (every D and shape of ``studies/frequency_estimators.py``; low overlap
 for the targets, moderate overlap as a check) and the backbone features of digits-LT
 NT-Xent encoders of seeds 10-12 trained by the runner. The held-out seeds 0-2 and
@@ -28,8 +30,9 @@ mean per-sample Spearman and mean gap recovered are not below the baseline's (th
 row); ties go to the most mixtures meeting all four, then to the higher worst per-sample
 Spearman (planted and digits). The baseline stays unless another row beats it. In stop
 34's sweep the baseline is stop 33's default (``10:0.1``, no reseeding), and the rule
-picked ``10:0.1:5:0.5``, today's default. The moderate-overlap condition was added after the sweep's first run: without
-it the rule picked ``20:0.4``, and a check the rule had left out showed that choice
+picked ``10:0.1:5:0.5``; in stop 36's, the baseline is that one without nesting, and the
+rule picked ``10:0.1:5:0.5:0.75``, today's default. The moderate-overlap condition was added
+after the sweep's first run: without it the rule picked ``20:0.4``, and a check the rule had left out showed that choice
 losing at moderate overlap what it gained on separable data (docs/results.md).
 
     python studies/stable_count_grouping.py --output runs/grouping      # the figures in docs/results.md
@@ -37,6 +40,9 @@ losing at moderate overlap what it gained on separable data (docs/results.md).
         --configurations 10:0.1,10:0.2,10:0.4,10:0.6,20:0.1,20:0.2,20:0.4,20:0.6   # stop 33's sweep
     python studies/stable_count_grouping.py --output runs/grouping \\
         --configurations 10:0.1:5:0.5,10:0.1:5:1.5,10:0.1:5:2,10:0.1:5:3   # stop 35's stricter pools
+    python studies/stable_count_grouping.py --output runs/grouping --configurations \
+        10:0.1:5:0.5,10:0.1:5:0.5:1,10:0.1:5:0.5:0.9,10:0.1:5:0.5:0.75,10:0.1:5:0.5:0.6,10:0.1:5:0.5:0.5,10:0.1:5:0.5:0
+        # stop 36's nesting (a missing field: no reseeding, no nesting)
     python studies/stable_count_grouping.py --output runs/grouping_tiny --configurations 10:0.1 \\
         --max-count 100 --dims 32 --seeds 100 --digits-seeds none      # tiny
 """
@@ -74,7 +80,7 @@ RESEED_ITERATIONS = 10
 """Of a reseeding configuration's iterations, those run after the reseeding."""
 
 CONFIGURATIONS = "10:0.1,10:0.1:5:0.5,10:0.1:5:1,10:0.1:10:0.5,10:0.1:10:1,10:0.1:10:1.5"
-"""``over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold]``; the first is the baseline
+"""``over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold[:nesting]]``; the first is the baseline
 (stop 33's default)."""
 
 
@@ -84,7 +90,7 @@ def main() -> None:
     parser.add_argument(
         "--configurations",
         default=CONFIGURATIONS,
-        help="over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold], the first the "
+        help="over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold[:nesting]], the first the "
         "baseline the others must beat",
     )
     parser.add_argument("--seeds", default=DEVELOPMENT_SEEDS, help="planted seeds (development: 100-103)")
@@ -106,17 +112,21 @@ def main() -> None:
     print(
         f"{len(mixtures['low'])} separable and {len(mixtures['moderate'])} moderate-overlap mixtures (seeds "
         f"{arguments.seeds}), {len(encoders)} digits-LT encoders (seeds {arguments.digits_seeds})\n\n"
-        f"| over_clustering | min_group_fraction | iterations | reseeded: clusters, threshold | {TARGET_COLUMNS} "
+        f"| over_clustering | min_group_fraction | iterations | reseeded: clusters, threshold | nesting "
+        f"| {TARGET_COLUMNS} "
         "| trust: mean "
         "| moderate: per sample, gap, trust (means) | digits backbone: mean (worst) |\n"
-        + "|---" * (TARGET_COLUMNS.count("|") + 8)
+        + "|---" * (TARGET_COLUMNS.count("|") + 9)
         + "|"
     )
     baseline_moderate = None
     ranked = []
     for configuration in arguments.configurations.split(","):
-        fields = (configuration + ":0:1").split(":")[:4]
-        over_clustering, fraction, reseeded, threshold = int(fields[0]), fields[1], int(fields[2]), fields[3]
+        fields = configuration.split(":")
+        fields += ["0", "1", "none"][len(fields) - 2 :]  # no reseeding, no nesting
+        over_clustering, fraction, reseeded, threshold, nesting = (
+            int(fields[0]), fields[1], int(fields[2]), fields[3], fields[4]
+        )
         after = RESEED_ITERATIONS if reseeded else 0
         iterations = FINE_WORK // over_clustering - after
         estimator = StableCountEstimator(
@@ -126,6 +136,7 @@ def main() -> None:
             reseed_clusters=reseeded,
             reseed_threshold=float(threshold),
             reseed_iterations=RESEED_ITERATIONS,
+            nesting=None if nesting == "none" else float(nesting),
         )
         rows, moderate = (
             [sweep_quality(estimator, points, classes, seed) for seed, (points, classes) in mixtures[overlap]]
@@ -147,9 +158,9 @@ def main() -> None:
         digits_cell = f"{np.mean(digits_spearman):.3f} ({min(digits_spearman):.3f})" if digits_spearman else "-"
         print(
             f"| {over_clustering} | {fraction} | {iterations}{f' + {after}' if after else ''} "
-            f"| {f'{reseeded}, {threshold}' if reseeded else '-'} | {cells} "
+            f"| {f'{reseeded}, {threshold}' if reseeded else '-'} | {'-' if nesting == 'none' else nesting} | {cells} "
             f"| {np.mean([row['trust'] for row in rows]):.2f} "
-            f"| {moderate_means[0]:.3f}, {moderate_means[1]:.3f}, {np.mean([row['trust'] for row in moderate]):.2f} "
+            f"| {moderate_means[0]:.4f}, {moderate_means[1]:.4f}, {np.mean([row['trust'] for row in moderate]):.2f} "
             f"| {digits_cell} |",
             flush=True,
         )
@@ -159,7 +170,8 @@ def main() -> None:
             # a full tie goes to the earlier row: the baseline is the first
             ranked.append((passes.all(axis=0).sum(), passes.all(axis=1).sum(), worst, -len(ranked), configuration))
     if ranked:
-        print(f"\nThe rule picks {max(ranked)[-1]} (over_clustering:min_group_fraction[:reseed_clusters:threshold]).")
+        fields = "over_clustering:min_group_fraction[:reseed_clusters:threshold[:nesting]]"
+        print(f"\nThe rule picks {max(ranked)[-1]} ({fields}).")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Which weight for stable-count's within-group density term? A sweep on development mixtures.
 
 ``StableCountEstimator(within=w)`` orders the samples of a group by their kNN density with
-weight ``w`` (``log f_i = max(log s_g + w (d_i - mean_g d), min_h log s_h)`` where it trusts
-its groups). A larger ``w`` pulls the samples a group holds but does not fit (a rare class
-the fine k-means gave no cluster of its own) further down, which helps the class-level
+weight ``w`` (``log f_i = max(log s_i + w (d_i - mean_g d), min_j log s_j)``, ``s_i`` the
+sample's share, where it trusts its groups). A larger ``w`` pulls the samples a group holds
+but does not fit (a rare class the fine k-means gave no cluster of its own) further down, which helps the class-level
 ranking, and spreads every group's samples over more nats, which hurts the per-sample
 ranking. This measures the trade on the **development** mixtures (planted seeds 100-103,
 low overlap, every D and shape of ``studies/frequency_estimators.py``): for each ``w``, in

@@ -9,7 +9,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from tase_loss import KNNDensityEstimator, MergedClusterEstimator, StableCountEstimator
 from tase_loss.estimators import adjusted_rand_index
-from tase_loss.estimators.stable_count import DENSITY_SMOOTHING_ROUNDS
+from tase_loss.estimators.stable_count import DENSITY_SMOOTHING_ROUNDS, _nested_shares
 from tase_loss.experiments.data import group_classes, planted_mixture
 from tase_loss.experiments.evaluation import frequency_quality
 
@@ -63,15 +63,23 @@ def _blend_by_loop(points, estimator, seed):
     labels, other = first.labels.tolist(), second.labels.tolist()
     stability = adjusted_rand_score(labels, other)
     trust = min(1.0, max(0.0, (stability - estimator.unstable) / (estimator.stable - estimator.unstable)))
-    members = {}
-    for i, group in enumerate(labels):
+    members, others = {}, {}
+    for i, (group, second_group) in enumerate(zip(labels, other)):
         members.setdefault(group, []).append(i)
-    smallest = min(len(indices) for indices in members.values()) / len(labels)
+        others.setdefault(second_group, []).append(i)
+    shares = []
+    for i, group in enumerate(labels):
+        share = len(members[group])
+        nested_group = others[other[i]]
+        inside = sum(labels[j] == group for j in nested_group)
+        nests = estimator.nesting is not None and inside >= estimator.nesting * len(nested_group)
+        if nests and len(nested_group) < share:
+            share = len(nested_group)
+        shares.append(share / len(labels))
     values = []
     for i, group in enumerate(labels):
-        share = len(members[group]) / len(labels)
         group_mean = sum(density[j] for j in members[group]) / len(members[group])
-        counted = max(math.log(share) + estimator.within * (density[i] - group_mean), math.log(smallest))
+        counted = max(math.log(shares[i]) + estimator.within * (density[i] - group_mean), math.log(min(shares)))
         values.append(trust * counted + (1 - trust) * density[i])
     shift = max(0.0, max(values))
     return [value - shift for value in values], trust
@@ -85,6 +93,10 @@ def _blend_by_loop(points, estimator, seed):
         (0.0, 0.05, {}),
         (0.0, 0.05, {"over_clustering": 4, "num_iterations": 7, "min_group_fraction": 0.5}),
         (0.0, 0.05, {"reseed_clusters": 6, "reseed_threshold": 0.5, "reseed_iterations": 3}),
+        (0.0, 0.05, {"nesting": None}),
+        (0.0, 0.05, {"nesting": 0.0}),
+        (0.0, 0.05, {"nesting": 0.5}),
+        (0.0, 0.05, {"nesting": 1.0}),
     ],
 )
 def test_the_estimate_is_the_formula_computed_by_a_loop(unstable, stable, grouping):
@@ -96,6 +108,26 @@ def test_the_estimate_is_the_formula_computed_by_a_loop(unstable, stable, groupi
     assert estimate.diagnostics["trust"] == pytest.approx(trust, abs=1e-12)
     torch.testing.assert_close(estimate.log_frequency, torch.tensor(expected, dtype=torch.float64))
     assert float(estimate.log_frequency.max()) <= 0.0
+
+
+def test_a_smaller_group_of_the_second_grouping_nested_in_the_first_gives_its_share():
+    # first grouping: {0..5} and {6..9}; second: {0, 1} (inside {0..5}), {2..7} (across), {8, 9}
+    first = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    second = np.array([2, 2, 0, 0, 0, 0, 0, 0, 1, 1])
+    shares, nested = _nested_shares(first, second, 0.75)
+    np.testing.assert_array_equal(shares * 10, [2, 2, 6, 6, 6, 6, 4, 4, 2, 2])
+    assert nested == 4
+    # {2..7} crosses both groups but is smaller than neither: its samples keep their share
+    shares, nested = _nested_shares(first, second, 0.0)  # the smaller share, always
+    np.testing.assert_array_equal(shares * 10, [2, 2, 6, 6, 6, 6, 4, 4, 2, 2])
+    shares, nested = _nested_shares(first, second, None)
+    np.testing.assert_array_equal(shares * 10, [6, 6, 6, 6, 6, 6, 4, 4, 4, 4])
+    assert nested == 0
+    # {0, 1, 2, 9} lies 3/4 inside {0..5}: nested at 0.75, not at 0.8
+    second = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 1])
+    shares, nested = _nested_shares(first, second, 0.75)
+    np.testing.assert_array_equal(shares * 10, [4, 4, 4, 6, 6, 6, 4, 4, 4, 4])
+    assert nested == 3 and _nested_shares(first, second, 0.8)[1] == 0
 
 
 def test_structureless_data_falls_back_to_the_density_exactly():
@@ -167,6 +199,9 @@ def test_bad_options_are_clear_errors():
         StableCountEstimator(unstable=0.9, stable=0.9)
     with pytest.raises(ValueError, match="within"):
         StableCountEstimator(within=-0.5)
+    for nesting in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="nesting"):
+            StableCountEstimator(nesting=nesting)
     with pytest.raises(ValueError, match="num_iterations"):
         StableCountEstimator(num_iterations=0)
     with pytest.raises(ValueError, match="min_group_fraction"):
