@@ -127,9 +127,8 @@ class StableCountEstimator(FrequencyEstimator):
     seeds 10-12); ``studies/frequency_estimators.py`` measures it on held-out mixtures and
     encoders (docs/results.md). ``studies/stable_count_within.py`` re-measures ``within``
     on the 60 separable development mixtures: a larger weight ranks the classes better
-    and the samples worse; 0.25, 0.5 and 0.6 keep three of the four separable targets in
-    every mixture, and 0.5 meets all four in the most (with 0.6) with the better worst
-    per-sample Spearman. ``studies/stable_count_grouping.py`` sweeps the
+    and the samples worse; by the grouping study's rule (no loss at moderate overlap)
+    0.5 stays: 0.25 loses gap there, 0.6-1.0 per-sample Spearman. ``studies/stable_count_grouping.py`` sweeps the
     fine clustering (``over_clustering``, ``min_group_fraction``): finer groups rank
     separable classes better and lose where classes overlap, so those defaults stay; and
     the reseeding, at the same k-means work (``num_iterations + reseed_iterations = 20``),
