@@ -40,7 +40,7 @@ losing at moderate overlap what it gained on separable data (docs/results.md).
         --configurations 10:0.1,10:0.2,10:0.4,10:0.6,20:0.1,20:0.2,20:0.4,20:0.6   # stop 33's sweep
     python studies/stable_count_grouping.py --output runs/grouping \\
         --configurations 10:0.1:5:0.5,10:0.1:5:1.5,10:0.1:5:2,10:0.1:5:3   # stop 35's stricter pools
-    python studies/stable_count_grouping.py --output runs/grouping --configurations \
+    python studies/stable_count_grouping.py --output runs/grouping --configurations \\
         10:0.1:5:0.5,10:0.1:5:0.5:1,10:0.1:5:0.5:0.9,10:0.1:5:0.5:0.75,10:0.1:5:0.5:0.6,10:0.1:5:0.5:0.5,10:0.1:5:0.5:0
         # stop 36's nesting (a missing field: no reseeding, no nesting)
     python studies/stable_count_grouping.py --output runs/grouping_tiny --configurations 10:0.1 \\
@@ -121,7 +121,11 @@ def main() -> None:
     )
     baseline_moderate = None
     ranked = []
-    for configuration in arguments.configurations.split(","):
+    configurations = arguments.configurations.split(",")
+    for configuration in configurations:
+        if configuration.count(":") not in (1, 3, 4):
+            parser.error(f"--configurations: {configuration!r} has not 2, 4 or 5 fields")
+    for configuration in configurations:
         fields = configuration.split(":")
         fields += ["0", "1", "none"][len(fields) - 2 :]  # no reseeding, no nesting
         over_clustering, fraction, reseeded, threshold, nesting = (

@@ -9,11 +9,12 @@ which hurts the per-sample ranking. This measures the trade on the **development
 (planted seeds 100-103, every D and shape of ``studies/frequency_estimators.py``): for each
 ``w``, in how many low-overlap mixtures each of the four separable targets of issue 22
 holds (that study's ``TARGETS``), and the moderate-overlap means of the per-sample
-Spearman and the gap recovered. The rule (stop 36; the grouping sweep's,
-``studies/stable_count_grouping.py``): among the weights whose moderate-overlap means are
-not below the default's, the most targets met in every mixture, then the most mixtures
-meeting all four, then the higher worst per-sample Spearman; a full tie keeps the
-default. (Until stop 35 this study had no moderate-overlap check.) The held-out seeds 0-2
+Spearman and the gap recovered. The rule (stop 36; the grouping sweep's of
+``studies/stable_count_grouping.py`` without its digits check): among the weights whose
+moderate-overlap means are not below the default's, the most targets met in every
+mixture, then the most mixtures meeting all four, then the higher worst per-sample
+Spearman (separable mixtures); a full tie keeps the default, then the larger weight. It
+needs the default among ``--values``. (Until stop 35 this study had no moderate-overlap check.) The held-out seeds 0-2
 are not used.
 
     python studies/stable_count_within.py            # the figures in docs/results.md
@@ -72,7 +73,9 @@ def main() -> None:
         means = tuple(float(np.mean([row[key] for row in moderate])) for key in ("spearman", "gap_recovered"))
         measured[within] = (passes, min(row["spearman"] for row in rows), means)
         print(f"| {within:g} | {cells} | {means[0]:.4f}, {means[1]:.4f} |", flush=True)
-    if default in measured:
+    if default not in measured:
+        print(f"\nNo rule: the default within = {default:g} is not among --values.")
+    else:
         # the grouping sweep's rule: no loss at moderate overlap against the default, then the
         # most targets met in every mixture, the most mixtures meeting all four, the worst per sample
         baseline = measured[default][2]

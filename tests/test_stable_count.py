@@ -67,7 +67,7 @@ def _blend_by_loop(points, estimator, seed):
     for i, (group, second_group) in enumerate(zip(labels, other)):
         members.setdefault(group, []).append(i)
         others.setdefault(second_group, []).append(i)
-    shares = []
+    shares, nested = [], 0
     for i, group in enumerate(labels):
         share = len(members[group])
         nested_group = others[other[i]]
@@ -75,6 +75,7 @@ def _blend_by_loop(points, estimator, seed):
         nests = estimator.nesting is not None and inside >= estimator.nesting * len(nested_group)
         if nests and len(nested_group) < share:
             share = len(nested_group)
+            nested += 1
         shares.append(share / len(labels))
     values = []
     for i, group in enumerate(labels):
@@ -82,7 +83,7 @@ def _blend_by_loop(points, estimator, seed):
         counted = max(math.log(shares[i]) + estimator.within * (density[i] - group_mean), math.log(min(shares)))
         values.append(trust * counted + (1 - trust) * density[i])
     shift = max(0.0, max(values))
-    return [value - shift for value in values], trust
+    return [value - shift for value in values], trust, nested
 
 
 @pytest.mark.parametrize(
@@ -104,8 +105,10 @@ def test_the_estimate_is_the_formula_computed_by_a_loop(unstable, stable, groupi
     points = torch.from_numpy(points)
     estimator = StableCountEstimator(5, unstable=unstable, stable=stable, **grouping)
     estimate = estimator.estimate(points, seed=4)
-    expected, trust = _blend_by_loop(points, estimator, seed=4)
+    expected, trust, nested = _blend_by_loop(points, estimator, seed=4)
     assert estimate.diagnostics["trust"] == pytest.approx(trust, abs=1e-12)
+    assert estimate.diagnostics["nested_samples"] == nested
+    assert (nested > 0) == (grouping.get("nesting", StableCountEstimator().nesting) not in (None, 1.0))
     torch.testing.assert_close(estimate.log_frequency, torch.tensor(expected, dtype=torch.float64))
     assert float(estimate.log_frequency.max()) <= 0.0
 
@@ -128,6 +131,18 @@ def test_a_smaller_group_of_the_second_grouping_nested_in_the_first_gives_its_sh
     shares, nested = _nested_shares(first, second, 0.75)
     np.testing.assert_array_equal(shares * 10, [4, 4, 4, 6, 6, 6, 4, 4, 4, 4])
     assert nested == 3 and _nested_shares(first, second, 0.8)[1] == 0
+    # {0, 1, 2, 3} inside {0..5}; {4, 5, 6}: 2/3 inside {0..5}, 1/3 inside {6..9}; {7, 8, 9} inside {6..9}
+    second = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    shares, nested = _nested_shares(first, second, 0.75)
+    np.testing.assert_array_equal(shares * 10, [4, 4, 4, 4, 6, 6, 4, 3, 3, 3])
+    assert nested == 7
+    shares, nested = _nested_shares(first, second, 0.0)  # sample 4, 5 and 6 too: the smaller share
+    np.testing.assert_array_equal(shares * 10, [4, 4, 4, 4, 3, 3, 3, 3, 3, 3])
+    assert nested == 10
+    # a fraction exactly met: 7 of {23..47} lie in {0..29}, 0.28 of 25, though 0.28 * 25 rounds above 7
+    first, second = np.repeat([0, 1], [30, 40]), np.repeat([0, 1, 2], [23, 25, 22])
+    assert 0.28 * 25 > 7 and _nested_shares(first, second, 0.28)[1] == 70
+    assert _nested_shares(first, second, 0.29)[1] == 70 - 7
 
 
 def test_structureless_data_falls_back_to_the_density_exactly():
@@ -171,9 +186,9 @@ def test_separable_mixtures_of_unequal_spread_meet_the_targets(dim, spread, subc
     assert quality["floor"] >= -2.0, quality
 
 
-def test_no_sample_is_estimated_rarer_than_the_smallest_group():
+def test_no_sample_is_estimated_rarer_than_the_smallest_share():
     """Where the groups are trusted, a sparse sample of a wide class sits at worst at the
-    smallest group's share (seed 8, D = 64, the head tightest: 2.98 nats below the rarest
+    smallest share (seed 8, D = 64, the head tightest: 2.98 nats below the rarest
     class before that floor, 1.40 after)."""
     points, labels = planted_mixture(8, "low", dim=64, spread="against")
     estimate = StableCountEstimator().estimate(torch.from_numpy(points), seed=8)

@@ -29,7 +29,8 @@ class FrequencyEstimate:
     Attributes:
         log_frequency: ``(n,)`` float64, ``log f_i <= 0``.
         labels: ``(n,)`` int64 group ids, each of ``0 .. num_groups - 1`` used. A clustering estimator's
-            frequency is its group's share; for the others (kNN density, momentum loss)
+            frequency is its group's share (``stable-count``'s starts from its first
+            grouping's groups: :class:`~tase_loss.StableCountEstimator`); for the others (kNN density, momentum loss)
             :meth:`FrequencyEstimator.estimate` adds FAISS spherical k-means groups
             (:attr:`FrequencyEstimator.num_groups`), reported beside the estimate. ``None``
             only inside an estimator's ``_estimate``.
