@@ -378,6 +378,19 @@ TARGET_COLUMNS = (
 """The header of :func:`target_cells`' columns in the sweeps' tables."""
 
 
+def sweep_rank(passes: np.ndarray, worst: float) -> tuple[int, int, float]:
+    """The stable-count sweeps' ranking of a setting (higher is better): separable targets
+    met in every mixture, then mixtures meeting all of them, then the worst per-sample
+    Spearman. ``passes``: :func:`target_cells`' ``(mixtures, targets)`` array."""
+    return int(passes.all(axis=0).sum()), int(passes.all(axis=1).sum()), worst
+
+
+def keeps_moderate(means: Sequence[float], baseline: Sequence[float]) -> bool:
+    """The sweeps' moderate-overlap condition: no mean (per-sample Spearman, gap recovered)
+    below the baseline's."""
+    return all(new >= old for new, old in zip(means, baseline))
+
+
 def target_cells(rows: list[dict[str, Any]]) -> tuple[np.ndarray, str]:
     """Whether each separable target holds in each row, and the sweeps' cells of :data:`TARGET_COLUMNS`."""
     passes = np.array([[passing(row) for _, _, passing in TARGETS] for row in rows])

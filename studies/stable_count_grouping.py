@@ -68,8 +68,10 @@ from frequency_estimators import (
     TARGET_COLUMNS,
     _encoder_features,
     _train_digits,
+    keeps_moderate,
     planted_mixtures,
     sweep_quality,
+    sweep_rank,
     target_cells,
 )
 
@@ -168,11 +170,11 @@ def main() -> None:
             f"| {digits_cell} |",
             flush=True,
         )
-        keeps_moderate = all(new >= old for new, old in zip(moderate_means, baseline_moderate))
-        if keeps_moderate and (not digits_spearman or np.mean(digits_spearman) >= 0.6):
+        digits_kept = not digits_spearman or np.mean(digits_spearman) >= 0.6
+        if keeps_moderate(moderate_means, baseline_moderate) and digits_kept:
             worst = min([row["spearman"] for row in rows] + digits_spearman)
             # a full tie goes to the earlier row: the baseline is the first
-            ranked.append((passes.all(axis=0).sum(), passes.all(axis=1).sum(), worst, -len(ranked), configuration))
+            ranked.append((*sweep_rank(passes, worst), -len(ranked), configuration))
     if ranked:
         fields = "over_clustering:min_group_fraction[:reseed_clusters:threshold[:nesting]]"
         print(f"\nThe rule picks {max(ranked)[-1]} ({fields}).")

@@ -37,8 +37,10 @@ from frequency_estimators import (
     DEVELOPMENT_SEEDS,
     PLANTED_DIMS,
     TARGET_COLUMNS,
+    keeps_moderate,
     planted_mixtures,
     sweep_quality,
+    sweep_rank,
     target_cells,
 )
 
@@ -80,9 +82,9 @@ def main() -> None:
         # most targets met in every mixture, the most mixtures meeting all four, the worst per sample
         baseline = measured[default][2]
         ranked = [
-            (passes.all(axis=0).sum(), passes.all(axis=1).sum(), worst, within == default, within)
+            (*sweep_rank(passes, worst), within == default, within)
             for within, (passes, worst, means) in measured.items()
-            if all(new >= old for new, old in zip(means, baseline))
+            if keeps_moderate(means, baseline)
         ]
         print(f"\nThe rule picks within = {max(ranked)[-1]:g} (the default: {default:g}).")
 
