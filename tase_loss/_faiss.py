@@ -134,16 +134,16 @@ def spherical_kmeans(
 ) -> tuple[np.ndarray, np.ndarray]:
     """FAISS spherical k-means on unit rows; every point assigned to its nearest centroid.
 
-    Centroids are trained on at most ``max_training_points`` points (FAISS subsamples
-    with ``seed``); smaller clusters than FAISS's default minimum are accepted, since
-    tail clusters are the point.
+    Centroids are trained on at most ``k * ceil(max_training_points / k)`` points
+    (FAISS caps the points per centroid and subsamples with ``seed``); smaller clusters
+    than FAISS's default minimum are accepted, since tail clusters are the point.
 
     Args:
         points: ``(N, D)`` float32, C-contiguous, unit rows.
         num_clusters: ``k <= N``.
         seed: initialization and subsampling seed.
         num_iterations: Lloyd iterations.
-        max_training_points: training subsample size.
+        max_training_points: training subsample size (rounded up to a multiple of ``k``).
         num_threads: OpenMP threads (``None``: FAISS's setting).
         init_centroids: ``(k, D)`` float32 centroids to start from (``None``: FAISS's
             random pick of ``k`` training points).

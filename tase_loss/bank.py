@@ -16,11 +16,13 @@ from torch import Tensor
 from tase_loss import distributed
 from tase_loss._numerics import unit_rows
 from tase_loss._validation import (
+    check_bool,
     check_choice,
     check_embeddings,
     check_index,
     check_int,
     check_state_dict,
+    check_unit_rows,
 )
 
 __all__ = ["FeatureBank"]
@@ -65,7 +67,7 @@ class FeatureBank:
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
         self.feature_dim = check_int("feature_dim", feature_dim, minimum=1)
         self.dtype = check_choice("dtype", dtype, BANK_DTYPES)
-        self.gather_distributed = bool(gather_distributed)
+        self.gather_distributed = check_bool("gather_distributed", gather_distributed)
         self._placed = device is not None
         placement = torch.device("cpu") if device is None else torch.device(device)
         self.features = torch.zeros(num_samples, feature_dim, dtype=dtype, device=placement)
@@ -128,8 +130,11 @@ class FeatureBank:
         """The stored rows and the seen-mask (copies, on the bank's device)."""
         return {"features": self.features.clone(), "seen": self.seen.clone()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; validated completely before anything changes."""
+    def check_state_dict(self, state: dict[str, Any], name: str = "state_dict['features']") -> None:
+        """Raise what :meth:`load_state_dict` would raise for ``state``; changes nothing.
+
+        ``name`` is what the error calls the rows (a labeler's state keeps them as ``bank.features``).
+        """
         check_state_dict(
             state,
             {
@@ -137,6 +142,12 @@ class FeatureBank:
                 "seen": ((self.num_samples,), (torch.bool,)),
             },
         )
+        # update() stores unit rows, and the estimators require them
+        check_unit_rows(f"{name} (its seen rows)", state["features"][state["seen"]].float())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; validated completely before anything changes."""
+        self.check_state_dict(state)
         self.features = state["features"].to(self.device, self.dtype).clone()
         self.seen = state["seen"].to(self.device).clone()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional
 
 import torch
@@ -14,6 +14,7 @@ from tase_loss import functional, ops
 from tase_loss._validation import (
     TemperatureLike,
     check_base_temperature,
+    check_bool,
     check_choice,
     check_embeddings,
     check_int,
@@ -129,6 +130,46 @@ class _GuidedLoss(nn.Module):
         for key, value in self.pseudo_labeler.state_dict().items():
             destination[prefix + _LABELER_PREFIX + key] = value if isinstance(value, Tensor) else torch.tensor(value)
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, with the labeler's and the queue's entries checked first.
+
+        Either everything loads or, with a ``RuntimeError`` naming what is wrong, nothing
+        changes. (Loaded as part of a larger module, each of the two is checked before it
+        changes, and the labeler loads only when the queue's entries are valid too.)
+        """
+        labeler_errors, queue_errors = self._state_errors(state_dict, "")
+        if labeler_errors or queue_errors:
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                + "\n\t".join(labeler_errors + queue_errors)
+            )
+        return super().load_state_dict(state_dict, strict, assign)
+
+    def _labeler_state(self, state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        """The labeler's entries of ``state_dict``, without their prefix."""
+        start = prefix + _LABELER_PREFIX
+        state = {key[len(start) :]: value for key, value in state_dict.items() if key.startswith(start)}
+        if isinstance(state.get("num_estimates"), Tensor):  # saved as a tensor: see _save_to_state_dict
+            state["num_estimates"] = int(state["num_estimates"])
+        return state
+
+    def _state_errors(self, state_dict: Mapping[str, Any], prefix: str) -> tuple[list[str], list[str]]:
+        """What would stop the labeler's and the queue's entries of ``state_dict`` from loading."""
+        labeler_errors, queue_errors = [], []
+        labeler_state = self._labeler_state(state_dict, prefix)
+        if self.pseudo_labeler is not None and labeler_state:
+            try:
+                self.pseudo_labeler.check_state_dict(labeler_state)
+            except (TypeError, ValueError) as error:
+                labeler_errors.append(f"{prefix}{_LABELER_PREFIX}: {error}")
+        queue = getattr(self, "queue", None)
+        if queue is not None:
+            try:
+                queue.check_state_dict(state_dict, prefix + "queue.")
+            except (TypeError, ValueError) as error:
+                queue_errors.append(str(error))
+        return labeler_errors, queue_errors
+
     def _load_from_state_dict(
         self,
         state_dict: dict,
@@ -141,7 +182,6 @@ class _GuidedLoss(nn.Module):
     ) -> None:
         labeler_prefix = prefix + _LABELER_PREFIX
         labeler_keys = [key for key in state_dict if key.startswith(labeler_prefix)]
-        labeler_state = {key[len(labeler_prefix) :]: state_dict[key] for key in labeler_keys}
         # Keep the labeler's keys away from the generic buffer matching.
         rest = {key: value for key, value in state_dict.items() if key not in labeler_keys}
         super()._load_from_state_dict(
@@ -151,16 +191,14 @@ class _GuidedLoss(nn.Module):
         if labeler is None:
             unexpected_keys.extend(labeler_keys)
             return
-        if not labeler_state:
+        if not labeler_keys:
             if strict:
                 missing_keys.append(labeler_prefix + "*")
             return
-        if "num_estimates" in labeler_state and isinstance(labeler_state["num_estimates"], Tensor):
-            labeler_state["num_estimates"] = int(labeler_state["num_estimates"])
-        try:
-            labeler.load_state_dict(labeler_state)
-        except (TypeError, ValueError) as error:
-            error_msgs.append(f"{labeler_prefix}: {error}")
+        labeler_errors, queue_errors = self._state_errors(state_dict, prefix)
+        error_msgs.extend(labeler_errors)  # the queue reports its own when it loads
+        if not (labeler_errors or queue_errors):
+            labeler.load_state_dict(self._labeler_state(state_dict, prefix))
 
 
 def _per_sample_of_rows(rows: Tensor, weight: Optional[Tensor], views: int) -> Tensor:
@@ -257,7 +295,7 @@ class TASEContrastiveLoss(_GuidedLoss):
         self.temperature = temperature
         self.reduction = reduction
         self.queue_size = queue_size
-        self.gather_distributed = bool(gather_distributed)
+        self.gather_distributed = check_bool("gather_distributed", gather_distributed)
         self.queue = KeyQueue(queue_size, feature_dim) if queue_size > 0 else None
         self._backend: Optional[ops.Backend] = None  # what the latest eager call ran, for the repr
 
@@ -339,12 +377,13 @@ class TASEContrastiveLoss(_GuidedLoss):
         labeler = self.pseudo_labeler
         wants_rows = feed and labeler is not None and labeler.uses_loss
         reduction = "none" if wants_rows else self.reduction
+        all_keys = None
         if self.queue_size == 0:
             loss = functional.nt_xent_loss(
                 out0, out1, temperature, weight, reduction, gather_distributed=self.gather_distributed
             )
         else:
-            loss = self._moco_forward(out0, out1, temperature, weight, reduction)
+            loss, all_keys = self._moco_forward(out0, out1, temperature, weight, reduction)
         if not torch.compiler.is_compiling():
             self._backend = ops.last_backend()
         per_sample_loss = None
@@ -355,11 +394,17 @@ class TASEContrastiveLoss(_GuidedLoss):
         if feed:
             assert index is not None
             self._feed(index, out0 if features is None else features, per_sample_loss)
+        if all_keys is not None:
+            # Last, after the labeler's checks: a call that fails enqueues nothing. Every
+            # rank enqueues all ranks' keys in rank order, so the queues stay identical.
+            assert self.queue is not None
+            self.queue.write(all_keys)
         return loss
 
     def _moco_forward(
         self, queries: Tensor, keys: Tensor, temperature: TemperatureLike, weight: Optional[Tensor], reduction: str
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
+        """MoCo's loss against the queue, and the ``(world * B, D)`` keys to enqueue."""
         check_embeddings("out1", keys)
         assert self.queue is not None
         loss, all_keys = functional.moco_loss_and_all_keys(
@@ -371,9 +416,8 @@ class TASEContrastiveLoss(_GuidedLoss):
             reduction,
             gather_distributed=self.gather_distributed,
         )
-        # Every rank enqueues all ranks' keys in rank order: the queues stay identical.
-        self.queue.write(all_keys)
-        return loss
+        self.queue.check_fits(all_keys.shape[0])
+        return loss, all_keys
 
     def extra_repr(self) -> str:
         return (
@@ -426,7 +470,7 @@ class TASECosineLoss(_GuidedLoss):
         super().__init__(pseudo_labeler, None, reweighter)
         self.variant = variant
         self.reduction = reduction
-        self.gather_distributed = bool(gather_distributed)
+        self.gather_distributed = check_bool("gather_distributed", gather_distributed)
 
     def forward(
         self,

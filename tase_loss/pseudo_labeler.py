@@ -14,6 +14,8 @@ from torch import Tensor
 
 from tase_loss import distributed
 from tase_loss._validation import (
+    check_bool,
+    check_embeddings,
     check_index,
     check_int,
     check_real,
@@ -160,7 +162,7 @@ class PseudoLabeler:
         self.momentum = check_real("momentum", momentum, 0.0, 1.0, exclusive_maximum=True)
         self.seed = check_int("seed", seed, 0, MAX_SEED)
         self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, minimum=1)
-        self.gather_distributed = bool(gather_distributed)
+        self.gather_distributed = check_bool("gather_distributed", gather_distributed)
         self.bank = FeatureBank(
             num_samples, feature_dim, dtype=bank_dtype, device=device, gather_distributed=gather_distributed
         )
@@ -208,12 +210,15 @@ class PseudoLabeler:
             loss: ``(B,)`` per-sample losses; required when :attr:`uses_loss`, ignored otherwise.
         """
         if self.uses_loss:
-            if not isinstance(loss, Tensor) or tuple(loss.shape) != (features.shape[0],):
+            rows = check_embeddings("features", features).shape[0]
+            if not isinstance(loss, Tensor) or not loss.is_floating_point() or tuple(loss.shape) != (rows,):
                 raise ValueError(
-                    f"the {self.estimator.name} estimator needs loss=, a ({features.shape[0]},) tensor "
+                    f"the {self.estimator.name} estimator needs loss=, a floating ({rows},) tensor "
                     "of per-sample losses"
                 )
-            check_index(index, features.shape[0], self.num_samples)
+            if not bool(torch.isfinite(loss.detach()).all()):
+                raise ValueError("loss contains NaN or Inf values")
+            check_index(index, rows, self.num_samples)
         self.bank.update(index, features)
         self._check_end_epoch_is_called(features.shape[0])
         if self.uses_loss:
@@ -442,8 +447,8 @@ class PseudoLabeler:
             "num_estimates": self.num_estimates,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; validated completely before anything changes."""
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise what :meth:`load_state_dict` would raise for ``state``; changes nothing."""
         count = self.num_samples
         check_state_dict(
             state,
@@ -457,15 +462,28 @@ class PseudoLabeler:
             },
             scalars=("num_estimates",),
         )
-        has_estimate = state["has_estimate"]
+        has_estimate, labels = state["has_estimate"], state["labels"]
         if bool((state["log_frequency"][has_estimate] > 0).any()):
             raise ValueError("state_dict['log_frequency'] must be <= 0 where has_estimate is set")
         if (state["num_estimates"] > 0) != bool(has_estimate.any()):
             raise ValueError("state_dict['num_estimates'] disagrees with state_dict['has_estimate']")
+        # a fixed estimate may come without groups (labels -1), but no sample has a group
+        # without an estimate, and no group id exceeds the number of samples
+        if bool(((labels < -1) | (labels >= count)).any()):
+            raise ValueError(f"state_dict['labels'] must lie in [-1, {count}), got values outside")
+        if bool((labels[~has_estimate] != -1).any()):
+            raise ValueError("state_dict['labels'] must be -1 where has_estimate is not set")
+        self.bank.check_state_dict(
+            {"features": state["bank.features"], "seen": state["bank.seen"]}, "state_dict['bank.features']"
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; validated completely before anything changes."""
+        self.check_state_dict(state)
         self.bank.load_state_dict({"features": state["bank.features"], "seen": state["bank.seen"]})
         self.labels = state["labels"].clone()
         self.log_frequency = state["log_frequency"].clone()
-        self.has_estimate = has_estimate.clone()
+        self.has_estimate = state["has_estimate"].clone()
         self.sample_loss = state["sample_loss"].clone()
         self.num_estimates = int(state["num_estimates"])
         self._refresh()

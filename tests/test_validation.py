@@ -216,6 +216,103 @@ def test_a_failed_feed_stores_nothing():
     assert criterion.pseudo_labeler.bank.num_seen == 0
 
 
+@pytest.mark.parametrize(
+    "features,error,pattern",
+    [
+        (torch.randn(4, 5), ValueError, "features must have 8 columns"),
+        (torch.full((4, 8), float("nan")), ValueError, "features contains NaN"),
+        (torch.ones(4, 8, dtype=torch.int64), TypeError, "features must be a floating tensor"),
+    ],
+)
+def test_a_failed_moco_call_enqueues_nothing(features, error, pattern):
+    # the labeler's checks come after the loss: its keys must not reach the queue first
+    criterion = TASEContrastiveLoss(queue_size=32, feature_dim=16, pseudo_labeler=PseudoLabeler(64, 8))
+    criterion(*_pair(4, 16), index=torch.arange(4), features=torch.randn(4, 8))
+    before = {key: value.clone() for key, value in criterion.state_dict().items()}
+    with pytest.raises(error, match=pattern):
+        criterion(*_pair(4, 16), index=torch.arange(4, 8), features=features)
+    for key, value in criterion.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_a_moco_batch_too_large_for_the_queue_stores_nothing():
+    criterion = TASEContrastiveLoss(queue_size=4, feature_dim=3, pseudo_labeler=PseudoLabeler(64, 3))
+    with pytest.raises(ValueError, match="a batch of 8 keys does not fit in a queue of 4"):
+        criterion(*_pair(8), index=torch.arange(8))
+    assert criterion.pseudo_labeler.bank.num_seen == 0 and int(criterion.queue.length) == 0
+
+
+def test_a_loss_reading_labeler_refuses_bad_losses_and_stores_nothing():
+    labeler = PseudoLabeler(64, 8, estimator="momentum-loss")
+    index, features = torch.arange(4), torch.randn(4, 8)
+    with pytest.raises(ValueError, match="loss contains NaN or Inf"):
+        labeler.update(index, features, loss=torch.tensor([1.0, float("nan"), 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"needs loss=, a floating \(4,\) tensor"):
+        labeler.update(index, features, loss=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="features must be a torch\\.Tensor, got list"):
+        labeler.update(index, features.tolist(), loss=torch.ones(4))
+    assert labeler.bank.num_seen == 0 and not bool(labeler.sample_loss.any())
+
+
+def test_gather_distributed_must_be_a_bool():
+    for make in (
+        lambda: PseudoLabeler(64, 8, gather_distributed="no"),
+        lambda: TASEContrastiveLoss(gather_distributed="no"),
+        lambda: TASECosineLoss(gather_distributed=1),
+        lambda: FeatureBank(8, 3, gather_distributed="no"),
+    ):
+        with pytest.raises(TypeError, match="gather_distributed must be a bool"):
+            make()
+
+
+def _moco_state(queue_size=16, feature_dim=4, num_samples=60, dim=8):
+    labeler = PseudoLabeler(num_samples, dim, estimator=ClusterSizeEstimator(3), warmup_epochs=1)
+    criterion = TASEContrastiveLoss(queue_size=queue_size, feature_dim=feature_dim, pseudo_labeler=labeler)
+    criterion(*_pair(8, feature_dim), index=torch.arange(8), features=torch.randn(8, dim))
+    labeler.update(torch.arange(num_samples), torch.randn(num_samples, dim))
+    criterion.end_epoch(0)
+    return criterion
+
+
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (lambda state: state["pseudo_labeler.log_frequency"].fill_(1.0), r"pseudo_labeler.*must be <= 0"),
+        (lambda state: state["pseudo_labeler.labels"].fill_(10**9), r"labels'\] must lie in"),
+        (lambda state: state.update({"queue.keys": torch.zeros(16, 5)}), r"queue.keys must be a floating \(16, 4\)"),
+        (
+            lambda state: state.update({"queue.pointer": torch.tensor(-7), "queue.length": torch.tensor(1000)}),
+            r"queue.pointer -7 and length 1000 do not describe a ring of 16",
+        ),
+        (lambda state: state.update({"queue.pointer": torch.tensor(3)}), r"pointer 3 and length 8"),
+        (lambda state: state["queue.keys"].fill_(float("nan")), r"queue.keys \(its first 8 rows\) contains NaN"),
+        (lambda state: state.pop("queue.length"), r"keys, pointer and length load together"),
+    ],
+)
+def test_criterion_load_state_dict_changes_nothing_unless_all_of_it_is_valid(change, pattern):
+    # a labeler part that is wrong must not leave the queue loaded, nor a wrong queue the labeler
+    state = _moco_state().state_dict()
+    change(state)
+    target = TASEContrastiveLoss(queue_size=16, feature_dim=4, pseudo_labeler=PseudoLabeler(60, 8, warmup_epochs=1))
+    before = {key: value.clone() for key, value in target.state_dict().items()}
+    with pytest.raises(RuntimeError, match=pattern):
+        target.load_state_dict(state)
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not target.pseudo_labeler.is_fitted
+
+
+def test_a_criterion_inside_a_larger_module_loads_neither_part_when_the_queue_is_wrong():
+    state = torch.nn.ModuleDict({"criterion": _moco_state()}).state_dict()
+    state["criterion.queue.pointer"] = torch.tensor(5)
+    target = torch.nn.ModuleDict(
+        {"criterion": TASEContrastiveLoss(queue_size=16, feature_dim=4, pseudo_labeler=PseudoLabeler(60, 8))}
+    )
+    with pytest.raises(RuntimeError, match="pointer 5 and length 8"):
+        target.load_state_dict(state)
+    assert int(target["criterion"].queue.length) == 0 and not target["criterion"].pseudo_labeler.is_fitted
+
+
 def test_labeler_errors_and_no_mutation():
     with pytest.raises(ValueError, match="momentum must be a finite number >= 0 and < 1"):
         PseudoLabeler(num_samples=10, feature_dim=3, momentum=1.0)
@@ -268,6 +365,20 @@ def test_labeler_errors_and_no_mutation():
         (lambda state: state.update(labels=state["labels"].float()), TypeError, r"state_dict\['labels'\] has dtype"),
         (lambda state: state.update(labels=state["labels"][:5]), ValueError, r"state_dict\['labels'\] has shape"),
         (lambda state: "not a dict", TypeError, "state_dict must be a dict"),
+        # consistency beyond shapes: group ids, and the rows the estimators will read
+        (lambda state: state["labels"].fill_(10**9), ValueError, r"state_dict\['labels'\] must lie in \[-1, 10\)"),
+        (lambda state: state["labels"].fill_(-5), ValueError, r"state_dict\['labels'\] must lie in \[-1, 10\)"),
+        (
+            lambda state: state["has_estimate"].__setitem__(0, False),
+            ValueError,
+            r"state_dict\['labels'\] must be -1 where has_estimate is not set",
+        ),
+        (
+            lambda state: state["bank.features"].zero_(),
+            ValueError,
+            r"state_dict\['bank.features'\] \(its seen rows\) must hold unit rows.*norm 0",
+        ),
+        (lambda state: state["bank.features"].fill_(1.0), ValueError, r"\(its seen rows\) must hold unit rows.*1\.732"),
     ],
 )
 def test_labeler_load_state_dict_is_atomic_and_names_the_key(change, error, pattern):

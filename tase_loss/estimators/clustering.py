@@ -92,8 +92,8 @@ class ClusterSizeEstimator(_ClusteringEstimator):
         num_clusters: ``k``, or a sequence of ``k`` values: an ensemble whose estimate is
             the geometric mean over members (member ``j`` is seeded ``seed + j``).
         num_iterations: k-means iterations.
-        max_training_points: centroids are trained on at most this many points; every
-            point is assigned.
+        max_training_points: centroids are trained on about this many points (rounded up
+            to a multiple of ``k``); every point is assigned.
 
     Example:
         >>> import torch
