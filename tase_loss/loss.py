@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional
 
@@ -305,13 +304,12 @@ class TASEContrastiveLoss(_GuidedLoss):
         The public way for a temperature schedule to act on the loss.
 
         Raises:
-            ValueError: if ``temperature`` is out of range or leaves the map's clip range.
+            ValueError: if ``temperature`` is out of range or outside the map's explicit clip
+                range (a default one follows it: ``[t / 4, 5 t]``).
         """
         temperature = check_base_temperature(temperature)
         if self.guidance is not None and self.guidance.temperature_map is not None:
-            self.guidance.temperature_map = dataclasses.replace(
-                self.guidance.temperature_map, base_temperature=temperature
-            )
+            self.guidance.temperature_map = self.guidance.temperature_map.with_base_temperature(temperature)
         self.temperature = temperature
 
     @contextlib.contextmanager

@@ -17,7 +17,7 @@ Their outputs are data: they are computed without gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
@@ -101,8 +101,10 @@ class TemperatureMap:
     temperature; see ``docs/METHOD.md``).
 
     The clip range defaults to ``[t_base / 4, 5 t_base]`` (the spec's ``[0.05, 1.0]`` at
-    ``t_base = 0.2``), so it never moves the base temperature itself; an explicit range
-    must contain ``t_base``.
+    ``t_base = 0.2``; kept inside ``[1e-4, 1e4]``), so it never moves the base
+    temperature itself, and it follows ``t_base`` when :meth:`with_base_temperature` (a
+    temperature schedule, through ``set_temperature``) moves it; an explicit range must
+    contain ``t_base`` and stays put.
 
     Args:
         base_temperature: ``t_base``, the temperature of a typical sample.
@@ -125,20 +127,45 @@ class TemperatureMap:
     min_temperature: Optional[float] = None
     max_temperature: Optional[float] = None
     mapping: str = "power"
+    # which clip bounds were derived from the base temperature (and follow it)
+    _derived_bounds: tuple[bool, bool] = field(init=False, repr=False, compare=False)
 
     MAPPINGS = ("power", "range")
 
     def __post_init__(self) -> None:
         base = check_base_temperature(self.base_temperature, "base_temperature")
-        low = base * LOW_CLIP_FACTOR if self.min_temperature is None else self.min_temperature
-        high = base * HIGH_CLIP_FACTOR if self.max_temperature is None else self.max_temperature
+        derived = (self.min_temperature is None, self.max_temperature is None)
+        low = max(base * LOW_CLIP_FACTOR, MIN_TEMPERATURE) if derived[0] else self.min_temperature
+        high = min(base * HIGH_CLIP_FACTOR, MAX_TEMPERATURE) if derived[1] else self.max_temperature
         low = check_real("min_temperature", low, MIN_TEMPERATURE, base)
         high = check_real("max_temperature", high, base, MAX_TEMPERATURE)
         object.__setattr__(self, "base_temperature", base)
         object.__setattr__(self, "gamma", check_real("gamma", self.gamma))
         object.__setattr__(self, "min_temperature", low)
         object.__setattr__(self, "max_temperature", high)
+        object.__setattr__(self, "_derived_bounds", derived)
         check_choice("mapping", self.mapping, self.MAPPINGS)
+
+    def with_base_temperature(self, base_temperature: float) -> TemperatureMap:
+        """This map at another ``t_base``: default clip bounds follow it, explicit ones stay.
+
+        Raises:
+            ValueError: if ``base_temperature`` is out of range or outside an explicit bound.
+
+        Example:
+            >>> TemperatureMap(0.2).with_base_temperature(0.1).min_temperature
+            0.025
+        """
+        check_base_temperature(base_temperature, "base_temperature")
+        low = None if self._derived_bounds[0] else self.min_temperature
+        high = None if self._derived_bounds[1] else self.max_temperature
+        try:
+            return TemperatureMap(base_temperature, self.gamma, low, high, self.mapping)
+        except ValueError as error:
+            raise ValueError(
+                f"base temperature {base_temperature!r} does not fit the map's explicit clip range "
+                f"[{self.min_temperature:g}, {self.max_temperature:g}]: {error}"
+            ) from error
 
     def __call__(self, frequency: Tensor, reference: Optional[FrequencyReference] = None) -> Tensor:
         """Temperatures for ``(B,)`` frequencies in ``(0, 1]``.

@@ -127,6 +127,15 @@ def test_ts_follows_the_schedule_over_the_run(tmp_path):
     assert fixed.schedule.period == 8.0
 
 
+def test_tase_ts_refuses_a_schedule_outside_an_explicit_clip_range_before_training():
+    # the schedule reaches 0.1, below the explicit 0.3: refused when the method is built
+    settings = MethodSettings(tase=TASESettings(temperature=0.5, min_temperature=0.3, num_clusters=(4,)))
+    context = MethodContext(40, 0, torch.device("cpu"), settings, epochs=4, image_shape=(1, 8, 8))
+    refused = r"base temperature 0.1 does not fit the map's explicit clip range \[0.3, 2.5\]"
+    with pytest.raises(ValueError, match=refused):
+        build_method("tase-ts", context, build_model("digits-cnn", 1, projection_dim=16))
+
+
 def test_ood_guided_runs_both_stages(tmp_path):
     _, method, history = _train_tiny("ood-guided", tmp_path, "ood", epochs=4)
     assert [record["stage"] for record in history] == [1.0, 1.0, 2.0, 2.0]

@@ -217,12 +217,13 @@ def test_lookup_tables_follow_estimates_map_changes_and_loading():
 
 
 def test_set_temperature_moves_nt_xent_and_the_map_base():
-    criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=_fitted_labeler())
+    temperature_map = TemperatureMap(0.2, min_temperature=0.05, max_temperature=1.0)
+    criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=_fitted_labeler(), temperature_map=temperature_map)
     criterion.set_temperature(0.5)
     assert criterion.temperature == 0.5 and criterion.guidance.temperature_map.base_temperature == 0.5
     with pytest.raises(ValueError, match="min_temperature"):
-        criterion.set_temperature(0.01)  # below the map's clip range [0.05, 1.0]
-    assert criterion.temperature == 0.5
+        criterion.set_temperature(0.01)  # below the map's explicit clip range [0.05, 1.0]
+    assert criterion.temperature == 0.5 and criterion.guidance.temperature_map.base_temperature == 0.5
 
 
 def test_criterion_state_dict_carries_the_labeler_and_resumes_with_weights_only():

@@ -60,23 +60,42 @@ def test_schedule_modulates_the_tase_base_temperature():
         assert criterion.guidance.temperature_map.base_temperature == criterion.temperature == value
         frequency = labeler.frequency(index)
         relative = frequency.double().log() - labeler.frequency_reference().log_mean
-        expected_temperature = (value * torch.exp(0.25 * relative)).clamp(0.05, 1.0).float()
+        # the explicit lower bound stays; the default upper bound follows the base (5 t)
+        expected_temperature = (value * torch.exp(0.25 * relative)).clamp(0.05, 5 * value).float()
         torch.testing.assert_close(
             criterion(out0, out1, index=index),
             nt_xent_loss(out0, out1, temperature=expected_temperature, weight=criterion.guidance.reweighter(
                 frequency, labeler.frequency_reference())),
         )
-    assert criterion.guidance.temperature_map.min_temperature == 0.05  # the map's clip range stays
+        assert criterion.guidance.temperature_map.max_temperature == pytest.approx(5 * value)
+    assert criterion.guidance.temperature_map.min_temperature == 0.05  # the explicit bound stays
 
 
-def test_a_schedule_outside_the_maps_clip_range_is_refused():
+def test_a_schedule_outside_an_explicit_clip_range_is_refused():
     labeler = PseudoLabeler(60, 4, ClusterSizeEstimator(3), warmup_epochs=1)
-    criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=labeler)  # clip [0.05, 1.0]
-    with pytest.raises(ValueError, match="min_temperature"):
+    temperature_map = TemperatureMap(0.2, min_temperature=0.05, max_temperature=1.0)
+    criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=labeler, temperature_map=temperature_map)
+    refused = r"base temperature 0.01 does not fit the map's explicit clip range \[0.05, 1\]"
+    with pytest.raises(ValueError, match=refused):
         CosineTemperatureSchedule(0.01, 1.0).apply(criterion, 200)  # t = 0.01 at half a period
     assert criterion.temperature == 0.2 and criterion.guidance.temperature_map.base_temperature == 0.2
     with pytest.raises(ValueError, match="max_temperature"):
         CosineTemperatureSchedule(0.1, 2.0).apply(criterion, 0)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.1, 3000.0])
+def test_a_default_clip_range_follows_the_scheduled_base_temperature(temperature):
+    # the map's default range was fixed at construction: t = 0.5 then a schedule down to 0.1
+    # failed mid-run (0.125 > 0.1), and t = 3000 failed at once (5 t > 1e4)
+    labeler = PseudoLabeler(60, 4, ClusterSizeEstimator(3), warmup_epochs=1)
+    criterion = TASEContrastiveLoss(temperature=temperature, pseudo_labeler=labeler)
+    schedule = CosineTemperatureSchedule(0.1, 1.0, period=10)
+    for epoch in (0, 2.5, 5):
+        value = schedule.apply(criterion, epoch)
+        bounds = criterion.guidance.temperature_map.min_temperature, criterion.guidance.temperature_map.max_temperature
+        assert bounds == pytest.approx((value / 4, 5 * value))
+    huge = TASEContrastiveLoss(temperature=3000.0, pseudo_labeler=labeler).guidance.temperature_map
+    assert (huge.min_temperature, huge.max_temperature) == (750.0, 1e4)  # 5 t stops at the range's end
 
 
 def test_invalid_arguments_name_themselves():

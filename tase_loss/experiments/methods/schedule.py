@@ -54,6 +54,11 @@ class TemperatureScheduleMethod(ContrastiveMethod):
         settings: ScheduleSettings = context.settings.schedule
         period = settings.period if settings.period is not None else required_epochs(context, "ts")
         self.schedule = CosineTemperatureSchedule(settings.min_temperature, settings.max_temperature, period)
+        guidance = self.criterion.guidance
+        if guidance is not None and guidance.temperature_map is not None:
+            # an explicit clip range must hold the whole schedule: fail now, not mid-run
+            for temperature in (settings.min_temperature, settings.max_temperature):
+                guidance.temperature_map.with_base_temperature(temperature)
         self.register_buffer("next_epoch", torch.zeros((), dtype=torch.int64))
         self.schedule.apply(self.criterion, 0)
 
