@@ -64,7 +64,7 @@ class _GuidedLoss(nn.Module):
         ``None`` means NT-Xent's value (the base temperature, unit weights), as during
         the labeler's warm-up. Useful for logging and plots.
         """
-        return self._require_guidance().lookup(index)
+        return self._require_guidance("per_sample()").lookup(index)
 
     def end_epoch(self, epoch: int, log: Optional[Callable[[dict[str, float], int], Any]] = None) -> dict[str, float]:
         """The plain loop's one line after each epoch: the labeler's schedule, and what it estimated.
@@ -91,7 +91,7 @@ class _GuidedLoss(nn.Module):
             >>> scalars = criterion.end_epoch(0, log=lambda scalars, epoch: print(epoch, int(scalars["num_groups"])))
             0 10
         """
-        guidance = self._require_guidance()
+        guidance = self._require_guidance("end_epoch()")
         if not guidance.pseudo_labeler.end_epoch(epoch):
             return {}
         scalars = guidance.summary(diagnostics=True)
@@ -99,9 +99,9 @@ class _GuidedLoss(nn.Module):
             log(scalars, epoch)
         return scalars
 
-    def _require_guidance(self) -> Guidance:
+    def _require_guidance(self, needs: str = "index=") -> Guidance:
         if self.guidance is None:
-            raise ValueError("index= needs a pseudo_labeler attached to the loss")
+            raise ValueError(f"{needs} needs a pseudo_labeler attached to the loss")
         return self.guidance
 
     def _lookup(
@@ -285,7 +285,7 @@ class TASEContrastiveLoss(_GuidedLoss):
         temperature = check_base_temperature(temperature)
         check_reduction(reduction)
         check_int("queue_size", queue_size, minimum=0)
-        if queue_size > 0:
+        if queue_size > 0 or feature_dim is not None:
             check_int("feature_dim", feature_dim, minimum=1)
         if pseudo_labeler is not None:
             temperature_map = temperature_map or TemperatureMap(base_temperature=temperature)

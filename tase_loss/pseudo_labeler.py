@@ -66,6 +66,10 @@ class FrequencyReference:
     log_min: float
     log_max: float
 
+    def __post_init__(self) -> None:
+        for name in ("log_mean", "log_min", "log_max"):
+            check_real(name, getattr(self, name))  # a NaN here would become NaN weights
+
     @classmethod
     def of_log(cls, log_frequency: Tensor) -> FrequencyReference:
         """The statistics of a non-empty tensor of log-frequencies."""

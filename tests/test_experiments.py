@@ -67,6 +67,9 @@ def _run_main(capsys, arguments):
         (["--resume-anyway"], "--resume-anyway needs --resume"),
         (["--epochs", "0"], "--epochs"),
         (["--seeds", "a,b"], "comma-separated integers"),
+        (["--seeds", "1,1"], "argument --seeds: seeds must be distinct"),  # paired with itself
+        (["--seeds", "-1"], "argument --seeds: seeds must lie in [0, 2147418112], got [-1]"),
+        (["--seeds", "0,3000000000"], "argument --seeds: seeds must lie in"),
         (["--encoder", "vgg"], "unknown encoder"),
         (
             ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--encoder", "vgg"],
@@ -97,6 +100,14 @@ def test_cli_bad_arrays_one_line(capsys, tmp_path, overrides, fragment):
     code, lines = _run_main(capsys, ["--data", path])
     assert code == 2
     assert len(lines) == 1 and fragment in lines[0], lines
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{}", '"text"'])
+def test_cli_merge_of_a_json_that_is_no_results_file_is_one_line(capsys, tmp_path, content):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    code, lines = _run_main(capsys, ["--merge", str(path), "--output", str(tmp_path / "merged")])
+    assert code == 2 and len(lines) == 1 and "other.json is not a results JSON of tase-experiment" in lines[0], lines
 
 
 def test_cli_missing_array_and_probe(capsys, tmp_path):

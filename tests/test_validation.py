@@ -6,6 +6,7 @@ import torch
 from tase_loss import (
     ClusterSizeEstimator,
     FeatureBank,
+    FrequencyReference,
     NotFittedError,
     PseudoLabeler,
     SampleReweighter,
@@ -140,6 +141,10 @@ def test_index_errors_name_index():
     criterion = TASEContrastiveLoss(pseudo_labeler=labeler)
     with pytest.raises(ValueError, match="index= needs a pseudo_labeler"):
         TASEContrastiveLoss()(*_pair(), index=torch.arange(4))
+    with pytest.raises(ValueError, match=r"^end_epoch\(\) needs a pseudo_labeler"):
+        TASEContrastiveLoss().end_epoch(0)
+    with pytest.raises(ValueError, match=r"^per_sample\(\) needs a pseudo_labeler"):
+        TASECosineLoss().per_sample(torch.arange(4))
     with pytest.raises(ValueError, match="either index= or temperature="):
         criterion(*_pair(), index=torch.arange(4), weight=torch.ones(4))
     labeler.update(torch.arange(10), torch.randn(10, 3))
@@ -252,6 +257,13 @@ def test_a_loss_reading_labeler_refuses_bad_losses_and_stores_nothing():
     with pytest.raises(TypeError, match="features must be a torch\\.Tensor, got list"):
         labeler.update(index, features.tolist(), loss=torch.ones(4))
     assert labeler.bank.num_seen == 0 and not bool(labeler.sample_loss.any())
+
+
+def test_feature_dim_is_checked_without_a_queue_and_a_reference_must_be_finite():
+    with pytest.raises(ValueError, match="feature_dim must be an integer >= 1"):
+        TASEContrastiveLoss(feature_dim=-5)
+    with pytest.raises(ValueError, match="log_mean must be a finite number, got nan"):
+        FrequencyReference(log_mean=float("nan"), log_min=-2.0, log_max=0.0)
 
 
 def test_gather_distributed_must_be_a_bool():

@@ -86,6 +86,19 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _seed_list(text: str) -> list[int]:
+    """Distinct seeds in ``[0, MAX_SEED]`` (a repeated seed would pair a run with itself)."""
+    from tase_loss.estimators import MAX_SEED
+
+    seeds = _int_list(text)
+    outside = [seed for seed in seeds if not 0 <= seed <= MAX_SEED]
+    if outside:
+        raise argparse.ArgumentTypeError(f"seeds must lie in [0, {MAX_SEED}], got {outside}")
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text!r}")
+    return seeds
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     if not names:
@@ -147,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--list-losses", dest="list_methods", action=_RenamedOption, new="--list-methods", nargs=0)
     run.add_argument(
         "--seeds",
-        type=_int_list,
+        type=_seed_list,
         default=None,
         help="comma-separated seeds (default 0,1,2,3,4 for digits, 0,1,2 otherwise, 0,1 with --budget-minutes)",
     )

@@ -83,9 +83,12 @@ def _merge(paths: list[str], output_dir: str, knn_k: int) -> int:
             raise FileNotFoundError(f"no such file: {path}")
         try:
             with open(path, encoding="utf-8") as handle:
-                parts.append(json.load(handle))
+                part = json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not a results JSON: {error}") from None
+        if not isinstance(part, dict) or not isinstance(part.get("runs"), list):
+            raise ValueError(f"{path} is not a results JSON of {PROGRAM} (an object with a 'runs' list)")
+        parts.append(part)
     _report(merge_results(parts), output_dir, knn_k)
     return 0
 

@@ -327,8 +327,10 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     if not parts:
         raise ValueError("nothing to merge")
     for part in parts:
-        if part.get("partial") or "dataset" not in part:
+        if part.get("partial"):
             raise ValueError("cannot merge an unfinished results file (it says partial)")
+        if "dataset" not in part or not isinstance(part.get("runs"), list):
+            raise ValueError("cannot merge: a part is not a results file (no 'dataset' or 'runs')")
         if part["dataset"] != parts[0]["dataset"]:
             raise ValueError("cannot merge results of different datasets")
     runs = [run for part in parts for run in part["runs"]]

@@ -248,7 +248,7 @@ class InputDensityContrastiveMethod(FixedFrequencyContrastiveMethod):
     At the end of the warm-up the run's estimator (default ``stable-count``) runs once on
     the flattened, L2-normalized training images and its estimate is kept. Measured in
     ``docs/results.md``: on CIFAR-10-LT at 16x16 this estimate ranks samples by class
-    frequency better than any CPU encoder's features (Spearman 0.35 vs <= 0.17), so it
+    frequency better than any CPU encoder's features (Spearman 0.35 vs <= 0.29), so it
     tests whether a moderately informative label-free estimate recovers part of the
     oracle's gain.
     """
