@@ -36,3 +36,8 @@ python -m tase_loss.experiments --merge runs/cifar60_check/jobs/*/results.json \
 # at all 408 estimates (stability 0.18-0.44), so the estimate was the density throughout:
 #   python -m tase_loss.experiments <the data and settings above> --methods tase \
 #       --seeds 0,1,2,3,4,5,6,7 --output runs/cifar60_reseed --no-progress      # 3,583 s
+# Stop 37: on another machine (AMD EPYC, whose rounding differs from the first epoch on), tase
+# seeds 0 and 1 from worktrees of ad4bf28 (exact copies and nesting) and of 4335c0c agree bit
+# for bit with each other (every epoch loss, estimate and probe):
+#   python -m tase_loss.experiments <the data and settings above> --methods tase --seeds 0,1 \
+#       --output runs/cifar60_nesting --no-progress      # and --output runs/cifar60_at4335c0c
