@@ -262,11 +262,12 @@ UNIT_NORM_TOLERANCE = 1e-2
 and read back in float32 are about 1e-3 off)."""
 
 
-def check_unit_rows(name: str, tensor: object) -> Tensor:
+def check_unit_rows(name: str, tensor: object, rows: Optional[Tensor] = None) -> Tensor:
     """Require a floating ``(n, D)`` tensor, ``D >= 1``, of finite rows with norm 1.
 
     One ``(n,)`` norm reduction and no copy of the rows, so it costs little beside an
-    estimate of the same rows.
+    estimate of the same rows. ``rows``, an ``(n,)`` bool mask, limits the requirement to
+    those rows (a bank's seen ones); errors name the row's index in ``tensor``.
 
     Example:
         >>> check_unit_rows("features", torch.eye(2)).shape
@@ -281,8 +282,10 @@ def check_unit_rows(name: str, tensor: object) -> Tensor:
         raise ValueError(f"{name} must have shape (n, D) with D >= 1, got {tuple(tensor.shape)}")
     norms = torch.linalg.vector_norm(tensor.detach(), dim=1)
     off = ~((norms - 1).abs() <= UNIT_NORM_TOLERANCE)  # NaN norms count as off
+    if rows is not None:
+        off &= rows
     if bool(off.any()):
-        if not bool(torch.isfinite(tensor).all()):
+        if not bool(torch.isfinite(norms[off]).all()):
             raise ValueError(f"{name} contains NaN or Inf values")
         row = int(off.nonzero()[0, 0])
         raise ValueError(

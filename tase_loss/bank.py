@@ -130,11 +130,13 @@ class FeatureBank:
         """The stored rows and the seen-mask (copies, on the bank's device)."""
         return {"features": self.features.clone(), "seen": self.seen.clone()}
 
-    def check_state_dict(self, state: dict[str, Any], name: str = "state_dict['features']") -> None:
-        """Raise what :meth:`load_state_dict` would raise for ``state``; changes nothing.
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; validated completely before anything changes."""
+        self._check_state(state)
+        self._assign(state)
 
-        ``name`` is what the error calls the rows (a labeler's state keeps them as ``bank.features``).
-        """
+    def _check_state(self, state: dict[str, Any], name: str = "state_dict['features']") -> None:
+        """Raise what loading ``state`` would; ``name`` is what errors call its rows."""
         check_state_dict(
             state,
             {
@@ -143,11 +145,9 @@ class FeatureBank:
             },
         )
         # update() stores unit rows, and the estimators require them
-        check_unit_rows(f"{name} (its seen rows)", state["features"][state["seen"]].float())
+        check_unit_rows(f"{name} (its seen rows)", state["features"], rows=state["seen"].to(state["features"].device))
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; validated completely before anything changes."""
-        self.check_state_dict(state)
+    def _assign(self, state: dict[str, Any]) -> None:
         self.features = state["features"].to(self.device, self.dtype).clone()
         self.seen = state["seen"].to(self.device).clone()
 

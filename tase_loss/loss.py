@@ -130,44 +130,19 @@ class _GuidedLoss(nn.Module):
             destination[prefix + _LABELER_PREFIX + key] = value if isinstance(value, Tensor) else torch.tensor(value)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """``nn.Module.load_state_dict``, with the labeler's and the queue's entries checked first.
+        """``nn.Module.load_state_dict``, all or nothing.
 
-        Either everything loads or, with a ``RuntimeError`` naming what is wrong, nothing
-        changes. (Loaded as part of a larger module, each of the two is checked before it
-        changes, and the labeler loads only when the queue's entries are valid too.)
+        When it raises (a labeler or queue entry that cannot be right, or, with
+        ``strict``, a missing or unexpected key), the loss is restored to its state before
+        the call: it keeps a copy of that state while loading. (Loaded as part of a larger
+        module, the labeler and the queue each load whole or not at all.)
         """
-        labeler_errors, queue_errors = self._state_errors(state_dict, "")
-        if labeler_errors or queue_errors:
-            raise RuntimeError(
-                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
-                + "\n\t".join(labeler_errors + queue_errors)
-            )
-        return super().load_state_dict(state_dict, strict, assign)
-
-    def _labeler_state(self, state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-        """The labeler's entries of ``state_dict``, without their prefix."""
-        start = prefix + _LABELER_PREFIX
-        state = {key[len(start) :]: value for key, value in state_dict.items() if key.startswith(start)}
-        if isinstance(state.get("num_estimates"), Tensor):  # saved as a tensor: see _save_to_state_dict
-            state["num_estimates"] = int(state["num_estimates"])
-        return state
-
-    def _state_errors(self, state_dict: Mapping[str, Any], prefix: str) -> tuple[list[str], list[str]]:
-        """What would stop the labeler's and the queue's entries of ``state_dict`` from loading."""
-        labeler_errors, queue_errors = [], []
-        labeler_state = self._labeler_state(state_dict, prefix)
-        if self.pseudo_labeler is not None and labeler_state:
-            try:
-                self.pseudo_labeler.check_state_dict(labeler_state)
-            except (TypeError, ValueError) as error:
-                labeler_errors.append(f"{prefix}{_LABELER_PREFIX}: {error}")
-        queue = getattr(self, "queue", None)
-        if queue is not None:
-            try:
-                queue.check_state_dict(state_dict, prefix + "queue.")
-            except (TypeError, ValueError) as error:
-                queue_errors.append(str(error))
-        return labeler_errors, queue_errors
+        before = {key: value.clone() for key, value in self.state_dict().items()}
+        try:
+            return super().load_state_dict(state_dict, strict, assign)
+        except RuntimeError:
+            super().load_state_dict(before)
+            raise
 
     def _load_from_state_dict(
         self,
@@ -181,6 +156,7 @@ class _GuidedLoss(nn.Module):
     ) -> None:
         labeler_prefix = prefix + _LABELER_PREFIX
         labeler_keys = [key for key in state_dict if key.startswith(labeler_prefix)]
+        labeler_state = {key[len(labeler_prefix) :]: state_dict[key] for key in labeler_keys}
         # Keep the labeler's keys away from the generic buffer matching.
         rest = {key: value for key, value in state_dict.items() if key not in labeler_keys}
         super()._load_from_state_dict(
@@ -190,14 +166,16 @@ class _GuidedLoss(nn.Module):
         if labeler is None:
             unexpected_keys.extend(labeler_keys)
             return
-        if not labeler_keys:
+        if not labeler_state:
             if strict:
                 missing_keys.append(labeler_prefix + "*")
             return
-        labeler_errors, queue_errors = self._state_errors(state_dict, prefix)
-        error_msgs.extend(labeler_errors)  # the queue reports its own when it loads
-        if not (labeler_errors or queue_errors):
-            labeler.load_state_dict(self._labeler_state(state_dict, prefix))
+        if isinstance(labeler_state.get("num_estimates"), Tensor):  # saved as a tensor: see _save_to_state_dict
+            labeler_state["num_estimates"] = int(labeler_state["num_estimates"])
+        try:
+            labeler.load_state_dict(labeler_state)
+        except (TypeError, ValueError) as error:
+            error_msgs.append(f"{labeler_prefix}: {error}")
 
 
 def _per_sample_of_rows(rows: Tensor, weight: Optional[Tensor], views: int) -> Tensor:

@@ -21,6 +21,7 @@ from tase_loss._validation import (
     check_real,
     check_state_dict,
     renamed_keywords,
+    require,
     warn_renamed,
 )
 from tase_loss.bank import BANK_DTYPES, FeatureBank
@@ -68,7 +69,8 @@ class FrequencyReference:
 
     def __post_init__(self) -> None:
         for name in ("log_mean", "log_min", "log_max"):
-            check_real(name, getattr(self, name))  # a NaN here would become NaN weights
+            value = float(getattr(self, name))  # a 0-dim tensor or NumPy scalar is fine
+            object.__setattr__(self, name, check_real(name, value))  # a NaN would become NaN weights
 
     @classmethod
     def of_log(cls, log_frequency: Tensor) -> FrequencyReference:
@@ -220,8 +222,8 @@ class PseudoLabeler:
                     f"the {self.estimator.name} estimator needs loss=, a floating ({rows},) tensor "
                     "of per-sample losses"
                 )
-            if not bool(torch.isfinite(loss.detach()).all()):
-                raise ValueError("loss contains NaN or Inf values")
+            finite = torch.isfinite(loss.detach()).all()
+            require(finite, loss, lambda: "loss contains NaN or Inf values", "loss must be finite")
             check_index(index, rows, self.num_samples)
         self.bank.update(index, features)
         self._check_end_epoch_is_called(features.shape[0])
@@ -451,8 +453,8 @@ class PseudoLabeler:
             "num_estimates": self.num_estimates,
         }
 
-    def check_state_dict(self, state: dict[str, Any]) -> None:
-        """Raise what :meth:`load_state_dict` would raise for ``state``; changes nothing."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; validated completely before anything changes."""
         count = self.num_samples
         check_state_dict(
             state,
@@ -477,17 +479,13 @@ class PseudoLabeler:
             raise ValueError(f"state_dict['labels'] must lie in [-1, {count}), got values outside")
         if bool((labels[~has_estimate] != -1).any()):
             raise ValueError("state_dict['labels'] must be -1 where has_estimate is not set")
-        self.bank.check_state_dict(
-            {"features": state["bank.features"], "seen": state["bank.seen"]}, "state_dict['bank.features']"
-        )
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; validated completely before anything changes."""
-        self.check_state_dict(state)
-        self.bank.load_state_dict({"features": state["bank.features"], "seen": state["bank.seen"]})
-        self.labels = state["labels"].clone()
+        bank = {"features": state["bank.features"], "seen": state["bank.seen"]}
+        self.bank._check_state(bank, "state_dict['bank.features']")
+        # checked: from here on nothing fails
+        self.bank._assign(bank)
+        self.labels = labels.clone()
         self.log_frequency = state["log_frequency"].clone()
-        self.has_estimate = state["has_estimate"].clone()
+        self.has_estimate = has_estimate.clone()
         self.sample_loss = state["sample_loss"].clone()
         self.num_estimates = int(state["num_estimates"])
         self._refresh()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -89,36 +89,17 @@ class KeyQueue(nn.Module):
         finally:
             self._frozen = previous
 
-    def check_state_dict(self, state_dict: dict[str, Any], prefix: str = "") -> None:
-        """Raise what loading the queue's entries of ``state_dict`` (under ``prefix``) would; changes nothing.
-
-        The three buffers come together; ``keys`` is floating ``(S, D)``; ``0 <= pointer <
-        S`` and ``0 <= length <= S``, with ``pointer == length`` until the ring is full; the
-        first ``length`` rows are finite unit rows. Absent entries pass (PyTorch reports
-        missing keys).
-        """
-        names = ("keys", "pointer", "length")
-        present = [name for name in names if prefix + name in state_dict]
-        if not present:
-            return
-        if len(present) < len(names):
-            raise ValueError(f"{prefix}keys, pointer and length load together, got only {present}")
-        keys, pointer, length = (state_dict[prefix + name] for name in names)
-        if not all(isinstance(value, Tensor) for value in (keys, pointer, length)):
-            raise TypeError(f"{prefix}keys, pointer and length must be tensors")
-        if not keys.is_floating_point() or tuple(keys.shape) != tuple(self.keys.shape):
-            raise ValueError(
-                f"{prefix}keys must be a floating {tuple(self.keys.shape)} tensor, got {keys.dtype} {tuple(keys.shape)}"
-            )
-        if pointer.dtype != torch.int64 or length.dtype != torch.int64 or pointer.dim() or length.dim():
-            raise ValueError(f"{prefix}pointer and length must be int64 scalars")
-        at, filled = int(pointer), int(length)
+    def _check_buffers(self) -> None:
+        """Require a ring that :meth:`write` could have left: ``0 <= pointer < S``,
+        ``0 <= length <= S``, ``pointer == length`` until it is full, and finite unit rows
+        in the first ``length`` slots."""
+        at, filled = int(self.pointer), int(self.length)
         if not (0 <= at < self.size and 0 <= filled <= self.size and (filled == self.size or at == filled)):
             raise ValueError(
-                f"{prefix}pointer {at} and length {filled} do not describe a ring of {self.size}: "
+                f"pointer {at} and length {filled} do not describe a ring of {self.size}: "
                 "0 <= pointer < size, 0 <= length <= size, pointer == length until it is full"
             )
-        check_unit_rows(f"{prefix}keys (its first {filled} rows)", keys[:filled].float())
+        check_unit_rows(f"keys (its first {filled} rows)", self.keys[:filled])
 
     def _load_from_state_dict(
         self,
@@ -130,14 +111,19 @@ class KeyQueue(nn.Module):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
-        try:
-            self.check_state_dict(state_dict, prefix)
-        except (TypeError, ValueError) as error:  # load nothing of a queue that cannot be right
-            error_msgs.append(str(error))
-            return
+        # Checked after loading (so that load pre-hooks run first), and undone when wrong.
+        before = [self.keys.clone(), self.pointer.clone(), self.length.clone()]
+        errors = len(error_msgs)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        try:
+            self._check_buffers()
+        except ValueError as error:
+            error_msgs.append(f"{prefix.rstrip('.') or 'queue'}: {error}")
+        if len(error_msgs) > errors:
+            for buffer, value in zip((self.keys, self.pointer, self.length), before):
+                buffer.copy_(value)
         self._host_length = None  # re-read from the loaded buffer on the next read
 
     def extra_repr(self) -> str:

@@ -17,7 +17,7 @@ Their outputs are data: they are computed without gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -127,8 +127,6 @@ class TemperatureMap:
     min_temperature: Optional[float] = None
     max_temperature: Optional[float] = None
     mapping: str = "power"
-    # which clip bounds were derived from the base temperature (and follow it)
-    _derived_bounds: tuple[bool, bool] = field(init=False, repr=False, compare=False)
 
     MAPPINGS = ("power", "range")
 
@@ -143,11 +141,16 @@ class TemperatureMap:
         object.__setattr__(self, "gamma", check_real("gamma", self.gamma))
         object.__setattr__(self, "min_temperature", low)
         object.__setattr__(self, "max_temperature", high)
-        object.__setattr__(self, "_derived_bounds", derived)
         check_choice("mapping", self.mapping, self.MAPPINGS)
+        # Which bounds follow the base temperature: an attribute, not a field, so that
+        # equality, asdict() and replace() see the bounds as numbers (replace() keeps them).
+        object.__setattr__(self, "_derived_bounds", derived)
 
     def with_base_temperature(self, base_temperature: float) -> TemperatureMap:
         """This map at another ``t_base``: default clip bounds follow it, explicit ones stay.
+
+        Which bounds are defaults is decided when the map is built (``None``); a map made by
+        ``dataclasses.replace`` or unpickled from before this method keeps its bounds.
 
         Raises:
             ValueError: if ``base_temperature`` is out of range or outside an explicit bound.
@@ -156,16 +159,15 @@ class TemperatureMap:
             >>> TemperatureMap(0.2).with_base_temperature(0.1).min_temperature
             0.025
         """
-        check_base_temperature(base_temperature, "base_temperature")
-        low = None if self._derived_bounds[0] else self.min_temperature
-        high = None if self._derived_bounds[1] else self.max_temperature
-        try:
-            return TemperatureMap(base_temperature, self.gamma, low, high, self.mapping)
-        except ValueError as error:
-            raise ValueError(
-                f"base temperature {base_temperature!r} does not fit the map's explicit clip range "
-                f"[{self.min_temperature:g}, {self.max_temperature:g}]: {error}"
-            ) from error
+        base = check_base_temperature(base_temperature, "base_temperature")
+        derived_low, derived_high = getattr(self, "_derived_bounds", (False, False))
+        low = None if derived_low else self.min_temperature
+        high = None if derived_high else self.max_temperature
+        if low is not None and base < low:
+            raise ValueError(f"base temperature {base:g} is below the map's explicit min_temperature {low:g}")
+        if high is not None and base > high:
+            raise ValueError(f"base temperature {base:g} is above the map's explicit max_temperature {high:g}")
+        return TemperatureMap(base, self.gamma, low, high, self.mapping)
 
     def __call__(self, frequency: Tensor, reference: Optional[FrequencyReference] = None) -> Tensor:
         """Temperatures for ``(B,)`` frequencies in ``(0, 1]``.

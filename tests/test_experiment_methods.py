@@ -131,7 +131,7 @@ def test_tase_ts_refuses_a_schedule_outside_an_explicit_clip_range_before_traini
     # the schedule reaches 0.1, below the explicit 0.3: refused when the method is built
     settings = MethodSettings(tase=TASESettings(temperature=0.5, min_temperature=0.3, num_clusters=(4,)))
     context = MethodContext(40, 0, torch.device("cpu"), settings, epochs=4, image_shape=(1, 8, 8))
-    refused = r"base temperature 0.1 does not fit the map's explicit clip range \[0.3, 2.5\]"
+    refused = "base temperature 0.1 is below the map's explicit min_temperature 0.3"
     with pytest.raises(ValueError, match=refused):
         build_method("tase-ts", context, build_model("digits-cnn", 1, projection_dim=16))
 

@@ -102,7 +102,7 @@ def test_cli_bad_arrays_one_line(capsys, tmp_path, overrides, fragment):
     assert len(lines) == 1 and fragment in lines[0], lines
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", "{}", '"text"'])
+@pytest.mark.parametrize("content", ["[1, 2]", "{}", '"text"', '{"runs": []}'])
 def test_cli_merge_of_a_json_that_is_no_results_file_is_one_line(capsys, tmp_path, content):
     path = tmp_path / "other.json"
     path.write_text(content)

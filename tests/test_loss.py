@@ -274,3 +274,8 @@ def test_compiles_with_fullgraph_plain_and_with_a_fitted_labeler():
     torch.testing.assert_close(
         labeler.bank.rows(index), torch.nn.functional.normalize(out0.detach(), dim=1), atol=1e-3, rtol=0
     )
+    # a loss-reading labeler checks the per-sample losses it stores without a graph break
+    reader = PseudoLabeler(40, 16, estimator="momentum-loss")
+    moco = TASEContrastiveLoss(pseudo_labeler=reader, queue_size=16, feature_dim=16)
+    torch.compile(moco, fullgraph=True, backend="eager")(out0, out1, index=index)
+    assert reader.bank.num_seen == 8 and int(moco.queue.length) == 8 and bool((reader.sample_loss[:8] > 0).all())

@@ -75,11 +75,11 @@ def test_a_schedule_outside_an_explicit_clip_range_is_refused():
     labeler = PseudoLabeler(60, 4, ClusterSizeEstimator(3), warmup_epochs=1)
     temperature_map = TemperatureMap(0.2, min_temperature=0.05, max_temperature=1.0)
     criterion = TASEContrastiveLoss(temperature=0.2, pseudo_labeler=labeler, temperature_map=temperature_map)
-    refused = r"base temperature 0.01 does not fit the map's explicit clip range \[0.05, 1\]"
+    refused = "base temperature 0.01 is below the map's explicit min_temperature 0.05"
     with pytest.raises(ValueError, match=refused):
         CosineTemperatureSchedule(0.01, 1.0).apply(criterion, 200)  # t = 0.01 at half a period
     assert criterion.temperature == 0.2 and criterion.guidance.temperature_map.base_temperature == 0.2
-    with pytest.raises(ValueError, match="max_temperature"):
+    with pytest.raises(ValueError, match="base temperature 2 is above the map's explicit max_temperature 1"):
         CosineTemperatureSchedule(0.1, 2.0).apply(criterion, 0)
 
 

@@ -291,18 +291,20 @@ def _moco_state(queue_size=16, feature_dim=4, num_samples=60, dim=8):
     [
         (lambda state: state["pseudo_labeler.log_frequency"].fill_(1.0), r"pseudo_labeler.*must be <= 0"),
         (lambda state: state["pseudo_labeler.labels"].fill_(10**9), r"labels'\] must lie in"),
-        (lambda state: state.update({"queue.keys": torch.zeros(16, 5)}), r"queue.keys must be a floating \(16, 4\)"),
+        (lambda state: state.update({"queue.keys": torch.zeros(16, 5)}), r"size mismatch for queue.keys"),
         (
             lambda state: state.update({"queue.pointer": torch.tensor(-7), "queue.length": torch.tensor(1000)}),
-            r"queue.pointer -7 and length 1000 do not describe a ring of 16",
+            r"queue: pointer -7 and length 1000 do not describe a ring of 16",
         ),
-        (lambda state: state.update({"queue.pointer": torch.tensor(3)}), r"pointer 3 and length 8"),
-        (lambda state: state["queue.keys"].fill_(float("nan")), r"queue.keys \(its first 8 rows\) contains NaN"),
-        (lambda state: state.pop("queue.length"), r"keys, pointer and length load together"),
+        (lambda state: state.update({"queue.pointer": torch.tensor(3)}), r"queue: pointer 3 and length 8"),
+        (lambda state: state["queue.keys"].fill_(float("nan")), r"queue: keys \(its first 8 rows\) contains NaN"),
+        (lambda state: state.pop("queue.length"), r'Missing key\(s\) in state_dict: "queue.length"'),
+        (lambda state: state.update(extra=torch.zeros(1)), r'Unexpected key\(s\) in state_dict: "extra"'),
     ],
 )
-def test_criterion_load_state_dict_changes_nothing_unless_all_of_it_is_valid(change, pattern):
-    # a labeler part that is wrong must not leave the queue loaded, nor a wrong queue the labeler
+def test_criterion_load_state_dict_changes_nothing_unless_all_of_it_loads(change, pattern):
+    # a wrong labeler part must not leave the queue loaded, nor a wrong queue the labeler,
+    # nor a key mismatch (reported by PyTorch after loading) either of them
     state = _moco_state().state_dict()
     change(state)
     target = TASEContrastiveLoss(queue_size=16, feature_dim=4, pseudo_labeler=PseudoLabeler(60, 8, warmup_epochs=1))
@@ -314,17 +316,32 @@ def test_criterion_load_state_dict_changes_nothing_unless_all_of_it_is_valid(cha
     assert not target.pseudo_labeler.is_fitted
 
 
-def test_a_criterion_inside_a_larger_module_loads_neither_part_when_the_queue_is_wrong():
+def test_a_queue_inside_a_larger_module_loads_whole_or_not_at_all():
     state = torch.nn.ModuleDict({"criterion": _moco_state()}).state_dict()
     state["criterion.queue.pointer"] = torch.tensor(5)
     target = torch.nn.ModuleDict(
         {"criterion": TASEContrastiveLoss(queue_size=16, feature_dim=4, pseudo_labeler=PseudoLabeler(60, 8))}
     )
-    with pytest.raises(RuntimeError, match="pointer 5 and length 8"):
+    with pytest.raises(RuntimeError, match=r"criterion\.queue: pointer 5 and length 8"):
         target.load_state_dict(state)
-    assert int(target["criterion"].queue.length) == 0 and not target["criterion"].pseudo_labeler.is_fitted
+    queue = target["criterion"].queue
+    assert int(queue.length) == 0 and int(queue.pointer) == 0 and not bool(queue.keys.any())
 
 
+def test_a_queue_is_checked_after_its_load_pre_hooks():
+    # a pre-hook that migrates an old key name must run before the entries are judged
+    criterion = _moco_state()
+    state = criterion.state_dict()
+    state["queue.ptr"] = state.pop("queue.pointer")
+    target = TASEContrastiveLoss(queue_size=16, feature_dim=4, pseudo_labeler=PseudoLabeler(60, 8))
+
+    def rename(module, state_dict, prefix, *arguments):
+        if prefix + "ptr" in state_dict:
+            state_dict[prefix + "pointer"] = state_dict.pop(prefix + "ptr")
+
+    target.queue.register_load_state_dict_pre_hook(rename)
+    target.load_state_dict(state)
+    assert int(target.queue.pointer) == int(criterion.queue.pointer) == 8
 def test_labeler_errors_and_no_mutation():
     with pytest.raises(ValueError, match="momentum must be a finite number >= 0 and < 1"):
         PseudoLabeler(num_samples=10, feature_dim=3, momentum=1.0)
