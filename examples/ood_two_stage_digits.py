@@ -1,6 +1,6 @@
 """Two-stage OOD recipe vs NT-Xent vs TASE on long-tailed scikit-learn digits.
 
-A stand-alone pilot of issue 8 until the experiment runner registers "ood-guided".
+A stand-alone pilot of issue 8 (the experiment runner's "ood-guided" method runs the same recipe).
 ID data: scikit-learn's digits, 50 test images per class held out (balanced test set),
 the rest made long-tailed with an exponential profile (imbalance ratio 10, digit 0 the
 most frequent). OOD data: digit-like 8x8 patches of scikit-learn's sample photographs

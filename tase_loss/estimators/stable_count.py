@@ -127,8 +127,8 @@ class StableCountEstimator(FrequencyEstimator):
     ``nested_samples`` (samples whose share step 4 takes from the second grouping, counted
     whatever the trust), the density's and the first grouping's.
 
-    Tuned (``unstable``, ``stable``, ``within``) on development data only (a planted
-    mixture of seed 100 and three digits-LT encoders of seeds 10-12);
+    Tuned (``unstable``, ``stable``, ``within``) on development data only (planted
+    mixtures of seeds 100-103 and three digits-LT encoders of seeds 10-12);
     ``studies/frequency_estimators.py`` measures it on held-out mixtures and encoders
     (docs/results.md). ``studies/stable_count_within.py`` re-measures ``within`` on the
     development mixtures (60 separable, 60 of moderate overlap as a check): a larger

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CIFAR-10-LT (JPEG-decoded copy, rho = 100) at 16x16, small CNN, 60 epochs, warm-up 10,
-# 8 seeds: NT-Xent vs TASE (default estimator: knn-density on backbone features) vs
+# 8 seeds: NT-Xent vs TASE (then-default estimator: knn-density on backbone features; to rerun
+# with today's code add --estimator knn-density, since the default is now stable-count) vs
 # tase-oracle (true class frequencies) vs tase-input (one knn-density estimate on the raw
 # pixels). 2 shared CPU cores, 2 jobs at once, 1 thread each, pure PyTorch path
 # (TASE_LOSS_DISABLE_EXT=1). About 7-8 minutes per run, 32 runs. Every run's training code

@@ -6,8 +6,9 @@
 # command, with the training code of commit 778c1a8 (run from a worktree of it, so that later
 # edits could not reach a running job). 2 shared CPU cores, 2 jobs at once, 1 thread each,
 # pure PyTorch path. With 1 thread, NT-Xent and tase-oracle reproduce the runs of
-# ../cifar10_lt_cpu60/ (commit 7ac1a22, also 1 thread) bit for bit; with 2 threads (the
-# a083757 check) seed 0's epoch-1 loss is 4.8871 here and was 4.8881 on that check's machine.
+# ../cifar10_lt_cpu60/ (commit 7ac1a22, also 1 thread) bit for bit; with 2 threads seed 0's
+# epoch-1 loss is 4.8871 here. The a083757 check ran 1 thread per job (not 2, as said here
+# before stop 37) and had 4.8881 on its machine: the value an AMD EPYC gives (stop 37).
 set -euo pipefail
 export TASE_LOSS_DISABLE_EXT=1
 python -m tase_loss.experiments --data ../shared/data/cifar10_lt_r100.npz --probe ../shared/data/cifar10_probe_100shot.npz \

@@ -7,8 +7,11 @@
 # later edits could not reach a running job). The earlier runs of ntxent/tase-oracle (code of
 # 7ac1a22) are not reused: rerun at a083757, seed 0's loss differs from the old run's in the
 # fourth digit from epoch 1 on (the op refactor changed rounding), so the old runs do not
-# pair with new ones at one commit. 2 shared CPU cores, 2 jobs at once, 2 threads each,
-# pure PyTorch path.
+# pair with new ones at one commit. 2 shared CPU cores, 2 jobs at once, pure PyTorch path.
+# Correction (stop 37): "--parallel 2 --threads 2" gives each job max(1, 2 // 2) = 1 thread
+# (every command in results.json says --threads 1), not 2 as this header said; and the
+# difference from 7ac1a22 is the machine's rounding, not the op refactor: seed 0's epoch-1
+# loss here, 4.888078, is what an AMD EPYC gives with 1 thread at ad4bf28 and at 4335c0c.
 set -euo pipefail
 common=(--data ../shared/data/cifar10_lt_r100.npz --probe ../shared/data/cifar10_probe_100shot.npz
         --class-names airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck
