@@ -265,8 +265,8 @@ and read back in float32 are about 1e-3 off)."""
 def check_unit_rows(name: str, tensor: object, rows: Optional[Tensor] = None) -> Tensor:
     """Require a floating ``(n, D)`` tensor, ``D >= 1``, of finite rows with norm 1.
 
-    One ``(n,)`` norm reduction and no copy of the rows, so it costs little beside an
-    estimate of the same rows. ``rows``, an ``(n,)`` bool mask, limits the requirement to
+    One ``(n,)`` float32 norm reduction, a chunk of rows at a time (no copy of all rows),
+    so it costs little beside an estimate of the same rows. ``rows``, an ``(n,)`` bool mask, limits the requirement to
     those rows (a bank's seen ones); errors name the row's index in ``tensor``.
 
     Example:
@@ -280,7 +280,9 @@ def check_unit_rows(name: str, tensor: object, rows: Optional[Tensor] = None) ->
     tensor = _check_floating(name, tensor)
     if tensor.dim() != 2 or tensor.shape[1] == 0:
         raise ValueError(f"{name} must have shape (n, D) with D >= 1, got {tuple(tensor.shape)}")
-    norms = torch.linalg.vector_norm(tensor.detach(), dim=1)
+    # float32 norms of float16/bfloat16 rows too, a chunk of rows at a time (no full copy)
+    wide = torch.promote_types(tensor.dtype, torch.float32)
+    norms = torch.cat([torch.linalg.vector_norm(chunk.to(wide), dim=1) for chunk in tensor.detach().split(1 << 16)])
     off = ~((norms - 1).abs() <= UNIT_NORM_TOLERANCE)  # NaN norms count as off
     if rows is not None:
         off &= rows

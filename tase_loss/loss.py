@@ -137,10 +137,14 @@ class _GuidedLoss(nn.Module):
         the call: it keeps a copy of that state while loading. (Loaded as part of a larger
         module, the labeler and the queue each load whole or not at all.)
         """
+        buffers = dict(self.named_buffers())
         before = {key: value.clone() for key, value in self.state_dict().items()}
         try:
             return super().load_state_dict(state_dict, strict, assign)
-        except RuntimeError:
+        except (RuntimeError, TypeError, ValueError):
+            for name, buffer in buffers.items():  # assign=True bound the caller's tensors
+                module, _, attribute = name.rpartition(".")
+                setattr(self.get_submodule(module), attribute, buffer)
             super().load_state_dict(before)
             raise
 
@@ -170,8 +174,12 @@ class _GuidedLoss(nn.Module):
             if strict:
                 missing_keys.append(labeler_prefix + "*")
             return
-        if isinstance(labeler_state.get("num_estimates"), Tensor):  # saved as a tensor: see _save_to_state_dict
-            labeler_state["num_estimates"] = int(labeler_state["num_estimates"])
+        count = labeler_state.get("num_estimates")
+        if isinstance(count, Tensor):  # saved as a tensor: see _save_to_state_dict
+            if count.numel() != 1 or count.is_floating_point() or count.dtype == torch.bool:
+                error_msgs.append(f"{labeler_prefix}num_estimates must be one integer, got {count!r}")
+                return
+            labeler_state["num_estimates"] = int(count)
         try:
             labeler.load_state_dict(labeler_state)
         except (TypeError, ValueError) as error:

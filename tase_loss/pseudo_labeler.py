@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,7 +70,9 @@ class FrequencyReference:
 
     def __post_init__(self) -> None:
         for name in ("log_mean", "log_min", "log_max"):
-            value = float(getattr(self, name))  # a 0-dim tensor or NumPy scalar is fine
+            value = getattr(self, name)
+            if (isinstance(value, Tensor) and value.numel() == 1) or isinstance(value, np.number):
+                value = value.item()  # a one-element tensor or a NumPy scalar
             object.__setattr__(self, name, check_real(name, value))  # a NaN would become NaN weights
 
     @classmethod

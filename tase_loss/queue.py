@@ -89,10 +89,26 @@ class KeyQueue(nn.Module):
         finally:
             self._frozen = previous
 
-    def _check_buffers(self) -> None:
-        """Require a ring that :meth:`write` could have left: ``0 <= pointer < S``,
-        ``0 <= length <= S``, ``pointer == length`` until it is full, and finite unit rows
-        in the first ``length`` slots."""
+    def _check_loaded(self, state_dict: dict, prefix: str) -> None:
+        """Require what :meth:`write` could have left, of the entries just loaded.
+
+        The three buffers come together (floating keys, int64 scalars), ``0 <= pointer <
+        S``, ``0 <= length <= S``, ``pointer == length`` until the ring is full, and finite
+        unit rows in the first ``length`` slots.
+        """
+        names = ("keys", "pointer", "length")
+        present = [name for name in names if prefix + name in state_dict]
+        if present and len(present) < len(names):
+            raise ValueError(f"keys, pointer and length load together, got only {present}")
+        if present:
+            keys, pointer, length = (state_dict[prefix + name] for name in names)
+            if not keys.is_floating_point() or any(
+                value.dtype != torch.int64 or value.dim() for value in (pointer, length)
+            ):
+                raise TypeError(
+                    f"keys must be floating and pointer and length int64 scalars, got {keys.dtype}, "
+                    f"{pointer.dtype} {tuple(pointer.shape)}, {length.dtype} {tuple(length.shape)}"
+                )
         at, filled = int(self.pointer), int(self.length)
         if not (0 <= at < self.size and 0 <= filled <= self.size and (filled == self.size or at == filled)):
             raise ValueError(
@@ -111,19 +127,22 @@ class KeyQueue(nn.Module):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
-        # Checked after loading (so that load pre-hooks run first), and undone when wrong.
-        before = [self.keys.clone(), self.pointer.clone(), self.length.clone()]
+        # Checked after loading, so that load pre-hooks run first (they edit state_dict in
+        # place), and undone when wrong: values back into the buffers this queue had, and
+        # those buffers bound again (assign=True binds the caller's tensors).
+        before = {name: (buffer, buffer.clone()) for name, buffer in self.named_buffers(recurse=False)}
         errors = len(error_msgs)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         try:
-            self._check_buffers()
-        except ValueError as error:
+            self._check_loaded(state_dict, prefix)
+        except (TypeError, ValueError) as error:
             error_msgs.append(f"{prefix.rstrip('.') or 'queue'}: {error}")
         if len(error_msgs) > errors:
-            for buffer, value in zip((self.keys, self.pointer, self.length), before):
-                buffer.copy_(value)
+            for name, (buffer, saved) in before.items():
+                buffer.copy_(saved)
+                setattr(self, name, buffer)
         self._host_length = None  # re-read from the loaded buffer on the next read
 
     def extra_repr(self) -> str:

@@ -1,5 +1,6 @@
 """Bad input raises a ValueError/TypeError that names the argument; nothing is mutated."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -264,6 +265,10 @@ def test_feature_dim_is_checked_without_a_queue_and_a_reference_must_be_finite()
         TASEContrastiveLoss(feature_dim=-5)
     with pytest.raises(ValueError, match="log_mean must be a finite number, got nan"):
         FrequencyReference(log_mean=float("nan"), log_min=-2.0, log_max=0.0)
+    with pytest.raises(TypeError, match="log_min must be a finite number, got '1'"):
+        FrequencyReference(log_mean=-1.0, log_min="1", log_max=0.0)
+    reference = FrequencyReference(torch.tensor(-1.0), np.float32(-2.0), 0)
+    assert (reference.log_mean, reference.log_min, reference.log_max) == (-1.0, -2.0, 0)
 
 
 def test_gather_distributed_must_be_a_bool():
@@ -326,6 +331,47 @@ def test_a_queue_inside_a_larger_module_loads_whole_or_not_at_all():
         target.load_state_dict(state)
     queue = target["criterion"].queue
     assert int(queue.length) == 0 and int(queue.pointer) == 0 and not bool(queue.keys.any())
+
+
+def test_a_failed_load_with_assign_leaves_the_callers_tensors_and_the_loss_as_they_were():
+    state = _moco_state().state_dict()
+    state["pseudo_labeler.labels"].fill_(10**9)
+    state["queue.keys"] = state["queue.keys"].double()
+    sent = {key: value.clone() for key, value in state.items()}
+    target = TASEContrastiveLoss(queue_size=16, feature_dim=4, pseudo_labeler=PseudoLabeler(60, 8))
+    keys = target.queue.keys
+    with pytest.raises(RuntimeError, match=r"labels'\] must lie in"):
+        target.load_state_dict(state, assign=True)
+    assert target.queue.keys is keys and keys.dtype == torch.float32 and not bool(keys.any())
+    for key, value in state.items():
+        assert torch.equal(value, sent[key]), key
+
+
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (lambda state: state.update({"0.queue.pointer": torch.tensor(8.0)}), "pointer and length int64 scalars"),
+        (lambda state: state.update({"0.queue.keys": state["0.queue.keys"].long()}), "keys must be floating"),
+        (lambda state: state.pop("0.queue.pointer"), r"load together, got only \['keys', 'length'\]"),
+    ],
+)
+def test_a_queue_inside_a_larger_module_refuses_wrong_types_and_parts(change, pattern):
+    state = torch.nn.Sequential(_moco_state()).state_dict()
+    change(state)
+    target = torch.nn.Sequential(TASEContrastiveLoss(queue_size=16, feature_dim=4, pseudo_labeler=PseudoLabeler(60, 8)))
+    with pytest.raises(RuntimeError, match=pattern):
+        target.load_state_dict(state, strict=False)
+    queue = target[0].queue
+    assert queue.keys.dtype == torch.float32 and int(queue.length) == 0 and not bool(queue.keys.any())
+
+
+def test_a_bad_estimate_count_names_its_key():
+    state = _moco_state().state_dict()
+    state["pseudo_labeler.num_estimates"] = torch.tensor(float("nan"))
+    target = TASEContrastiveLoss(queue_size=16, feature_dim=4, pseudo_labeler=PseudoLabeler(60, 8))
+    with pytest.raises(RuntimeError, match="num_estimates must be one integer"):
+        target.load_state_dict(state)
+    assert int(target.queue.length) == 0 and not target.pseudo_labeler.is_fitted
 
 
 def test_a_queue_is_checked_after_its_load_pre_hooks():
