@@ -266,8 +266,9 @@ def check_unit_rows(name: str, tensor: object, rows: Optional[Tensor] = None) ->
     """Require a floating ``(n, D)`` tensor, ``D >= 1``, of finite rows with norm 1.
 
     One ``(n,)`` float32 norm reduction, a chunk of rows at a time (no copy of all rows),
-    so it costs little beside an estimate of the same rows. ``rows``, an ``(n,)`` bool mask, limits the requirement to
-    those rows (a bank's seen ones); errors name the row's index in ``tensor``.
+    so it costs little beside an estimate of the same rows. ``rows``, an ``(n,)`` bool
+    mask, limits the requirement to those rows (a bank's seen ones); errors name the
+    row's index in ``tensor``.
 
     Example:
         >>> check_unit_rows("features", torch.eye(2)).shape

@@ -102,6 +102,8 @@ class KeyQueue(nn.Module):
             raise ValueError(f"keys, pointer and length load together, got only {present}")
         if present:
             keys, pointer, length = (state_dict[prefix + name] for name in names)
+            if not all(isinstance(value, Tensor) for value in (keys, pointer, length)):
+                raise TypeError("keys, pointer and length must be tensors")
             if not keys.is_floating_point() or any(
                 value.dtype != torch.int64 or value.dim() for value in (pointer, length)
             ):
