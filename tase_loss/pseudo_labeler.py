@@ -45,6 +45,9 @@ _WARMUP_CHANGED = (
 )
 
 
+_DIAGNOSTICS_PREFIX = "last_diagnostics."
+
+
 class NotFittedError(ValueError):
     """The pseudo-labeler was asked for estimates before its first estimate."""
 
@@ -444,7 +447,12 @@ class PseudoLabeler:
         return self.log_frequency_table()[index.cpu()].exp().float().to(index.device)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs: the bank, labels, estimates and their count."""
+        """Everything a resumed run needs: the bank, labels, estimates and their count.
+
+        Also the latest estimate's :attr:`last_diagnostics`, one float64 scalar tensor each
+        under ``last_diagnostics.<name>`` (optional when loading), so that a resumed run
+        reports them as the uninterrupted one does.
+        """
         bank = self.bank.state_dict()
         return {
             "bank.features": bank["features"],
@@ -454,6 +462,10 @@ class PseudoLabeler:
             "has_estimate": self.has_estimate.clone(),
             "sample_loss": self.sample_loss.clone(),
             "num_estimates": self.num_estimates,
+            **{
+                _DIAGNOSTICS_PREFIX + name: torch.tensor(float(value), dtype=torch.float64)
+                for name, value in self.last_diagnostics.items()
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -484,6 +496,12 @@ class PseudoLabeler:
             raise ValueError("state_dict['labels'] must be -1 where has_estimate is not set")
         bank = {"features": state["bank.features"], "seen": state["bank.seen"]}
         self.bank._check_state(bank, "state_dict['bank.features']")
+        diagnostics = {}
+        for key, value in state.items():
+            if key.startswith(_DIAGNOSTICS_PREFIX):
+                if not isinstance(value, Tensor) or value.numel() != 1 or not value.is_floating_point():
+                    raise TypeError(f"state_dict[{key!r}] must be a floating scalar tensor, got {value!r}")
+                diagnostics[key[len(_DIAGNOSTICS_PREFIX) :]] = float(value)
         # checked: from here on nothing fails
         self.bank._assign(bank)
         self.labels = labels.clone()
@@ -491,6 +509,7 @@ class PseudoLabeler:
         self.has_estimate = has_estimate.clone()
         self.sample_loss = state["sample_loss"].clone()
         self.num_estimates = int(state["num_estimates"])
+        self.last_diagnostics = diagnostics
         self._refresh()
 
     def __repr__(self) -> str:

@@ -330,7 +330,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, method_name):
         assert torch.equal(value, other), name
     full_state, resumed_state = full_method.checkpoint_state(), resumed_method.checkpoint_state()
     for name, value in full_state["module"].items():
+        if name.endswith("last_diagnostics.seconds"):  # the estimate's wall time, not state
+            continue
         assert torch.equal(value, resumed_state["module"][name]), name
+    assert full_state["module"].keys() == resumed_state["module"].keys()
     assert torch.equal(full_method.labeler.log_frequency, resumed_method.labeler.log_frequency)
     assert full_method.labeler.num_estimates == resumed_method.labeler.num_estimates == 3
 

@@ -206,6 +206,9 @@ def test_state_dict_round_trip_resumes_bit_identically(estimator):
     state = torch.load(_saved(interrupted.state_dict()), weights_only=True)
     resumed = PseudoLabeler(len(features), features.shape[1], estimator, seed=7, warmup_epochs=1)
     resumed.load_state_dict(state)
+    # what a run reports after resuming (the runner records them every epoch)
+    assert resumed.summary(diagnostics=True) == interrupted.summary(diagnostics=True)
+    assert resumed.last_diagnostics == interrupted.last_diagnostics != {}
     resumed.update(index[::2], later[::2])
     resumed.estimate()
 

@@ -454,6 +454,11 @@ def test_labeler_errors_and_no_mutation():
             r"state_dict\['bank.features'\] \(its seen rows\) must hold unit rows.*norm 0",
         ),
         (lambda state: state["bank.features"].fill_(1.0), ValueError, r"\(its seen rows\) must hold unit rows.*1\.732"),
+        (
+            lambda state: state.update({"last_diagnostics.trust": "high"}),
+            TypeError,
+            r"state_dict\['last_diagnostics.trust'\] must be a floating scalar tensor",
+        ),
     ],
 )
 def test_labeler_load_state_dict_is_atomic_and_names_the_key(change, error, pattern):
