@@ -15,9 +15,11 @@ clusters per group, 10 at 20), and (stop 34) reseeding: ``reseed_clusters`` of t
 clusters seeded from the samples that fit their fine cluster worst (more than
 ``reseed_threshold`` standard deviations below its mean similarity), then
 ``RESEED_ITERATIONS`` Lloyd iterations from all fine centroids, taken from the first
-k-means's iterations so that the work stays today's; and (stop 36) ``nesting``: a sample takes the share
-of its group in the second grouping where that group is smaller and lies at least ``nesting`` inside
-its group of the first (``StableCountEstimator``, step 4). All on the **development** data only: the planted mixtures
+k-means's iterations so that the work stays today's; (stop 36) ``nesting``: a sample takes
+the share of its group in the second grouping where that group is smaller and lies at least
+``nesting`` inside its group of the first (``StableCountEstimator``, step 4); and (stop 38)
+``third_grouping``: where the first two groupings half agree, a third is made and the
+best-agreeing pair is used (step 2). All on the **development** data only: the planted mixtures
 of seeds 100-103 (every D and shape of ``studies/frequency_estimators.py``; low overlap
 for the targets, moderate overlap as a check) and the backbone features of digits-LT
 NT-Xent encoders of seeds 10-12 trained by the runner. The held-out seeds 0-2 and
@@ -31,7 +33,8 @@ row); ties go to the most mixtures meeting all four, then to the higher worst pe
 Spearman (planted and digits). The baseline stays unless another row beats it. In stop
 34's sweep the baseline is stop 33's default (``10:0.1``, no reseeding), and the rule
 picked ``10:0.1:5:0.5``; in stop 36's, the baseline is that one without nesting, and the
-rule picked ``10:0.1:5:0.5:0.75``, today's default. The moderate-overlap condition was added
+rule picked ``10:0.1:5:0.5:0.75``, today's default; in stop 38's, ``10:0.1:5:0.5:0.75:1`` (a third
+grouping) tied it, so the default stays. The moderate-overlap condition was added
 after the sweep's first run: without it the rule picked ``20:0.4``, and a check the rule had left out showed that choice
 losing at moderate overlap what it gained on separable data (docs/results.md).
 
@@ -42,7 +45,9 @@ losing at moderate overlap what it gained on separable data (docs/results.md).
         --configurations 10:0.1:5:0.5,10:0.1:5:1.5,10:0.1:5:2,10:0.1:5:3   # stop 35's stricter pools
     python studies/stable_count_grouping.py --output runs/grouping --configurations \\
         10:0.1:5:0.5,10:0.1:5:0.5:1,10:0.1:5:0.5:0.9,10:0.1:5:0.5:0.75,10:0.1:5:0.5:0.6,10:0.1:5:0.5:0.5,10:0.1:5:0.5:0
-        # stop 36's nesting (a missing field: no reseeding, no nesting)
+        # stop 36's nesting (a missing field: no reseeding, no nesting, no third grouping)
+    python studies/stable_count_grouping.py --output runs/grouping \\
+        --configurations 10:0.1:5:0.5:0.75,10:0.1:5:0.5:0.75:1   # stop 38's third grouping
     python studies/stable_count_grouping.py --output runs/grouping_tiny --configurations 10:0.1 \\
         --max-count 100 --dims 32 --seeds 100 --digits-seeds none      # tiny
 """
@@ -82,8 +87,8 @@ RESEED_ITERATIONS = 10
 """Of a reseeding configuration's iterations, those run after the reseeding."""
 
 CONFIGURATIONS = "10:0.1,10:0.1:5:0.5,10:0.1:5:1,10:0.1:10:0.5,10:0.1:10:1,10:0.1:10:1.5"
-"""``over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold[:nesting]]``; the first is the baseline
-(stop 33's default)."""
+"""``over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold[:nesting[:third_grouping]]]``;
+the first is the baseline (stop 33's default)."""
 
 
 def main() -> None:
@@ -92,8 +97,8 @@ def main() -> None:
     parser.add_argument(
         "--configurations",
         default=CONFIGURATIONS,
-        help="over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold[:nesting]], the first the "
-        "baseline the others must beat",
+        help="over_clustering:min_group_fraction[:reseed_clusters:reseed_threshold[:nesting[:third_grouping]]], "
+        "the first the baseline the others must beat",
     )
     parser.add_argument("--seeds", default=DEVELOPMENT_SEEDS, help="planted seeds (development: 100-103)")
     parser.add_argument("--dims", default=",".join(map(str, PLANTED_DIMS)))
@@ -115,23 +120,24 @@ def main() -> None:
         f"{len(mixtures['low'])} separable and {len(mixtures['moderate'])} moderate-overlap mixtures (seeds "
         f"{arguments.seeds}), {len(encoders)} digits-LT encoders (seeds {arguments.digits_seeds})\n\n"
         f"| over_clustering | min_group_fraction | iterations | reseeded: clusters, threshold | nesting "
+        "| third grouping "
         f"| {TARGET_COLUMNS} "
         "| trust: mean "
         "| moderate: per sample, gap, trust (means) | digits backbone: mean (worst) |\n"
-        + "|---" * (TARGET_COLUMNS.count("|") + 9)
+        + "|---" * (TARGET_COLUMNS.count("|") + 10)
         + "|"
     )
     baseline_moderate = None
     ranked = []
     configurations = arguments.configurations.split(",")
     for configuration in configurations:
-        if configuration.count(":") not in (1, 3, 4):
-            parser.error(f"--configurations: {configuration!r} has not 2, 4 or 5 fields")
+        if configuration.count(":") not in (1, 3, 4, 5):
+            parser.error(f"--configurations: {configuration!r} has not 2, 4, 5 or 6 fields")
     for configuration in configurations:
         fields = configuration.split(":")
-        fields += ["0", "1", "none"][len(fields) - 2 :]  # no reseeding, no nesting
-        over_clustering, fraction, reseeded, threshold, nesting = (
-            int(fields[0]), fields[1], int(fields[2]), fields[3], fields[4]
+        fields += ["0", "1", "none", "0"][len(fields) - 2 :]  # no reseeding, no nesting, no third grouping
+        over_clustering, fraction, reseeded, threshold, nesting, third = (
+            int(fields[0]), fields[1], int(fields[2]), fields[3], fields[4], fields[5] == "1"
         )
         after = RESEED_ITERATIONS if reseeded else 0
         iterations = FINE_WORK // over_clustering - after
@@ -143,6 +149,7 @@ def main() -> None:
             reseed_threshold=float(threshold),
             reseed_iterations=RESEED_ITERATIONS,
             nesting=None if nesting == "none" else float(nesting),
+            third_grouping=third,
         )
         rows, moderate = (
             [sweep_quality(estimator, points, classes, seed) for seed, (points, classes) in mixtures[overlap]]
@@ -164,7 +171,8 @@ def main() -> None:
         digits_cell = f"{np.mean(digits_spearman):.3f} ({min(digits_spearman):.3f})" if digits_spearman else "-"
         print(
             f"| {over_clustering} | {fraction} | {iterations}{f' + {after}' if after else ''} "
-            f"| {f'{reseeded}, {threshold}' if reseeded else '-'} | {'-' if nesting == 'none' else nesting} | {cells} "
+            f"| {f'{reseeded}, {threshold}' if reseeded else '-'} | {'-' if nesting == 'none' else nesting} "
+            f"| {'yes' if third else 'no'} | {cells} "
             f"| {np.mean([row['trust'] for row in rows]):.2f} "
             f"| {moderate_means[0]:.4f}, {moderate_means[1]:.4f}, {np.mean([row['trust'] for row in moderate]):.2f} "
             f"| {digits_cell} |",
@@ -176,7 +184,7 @@ def main() -> None:
             # a full tie goes to the earlier row: the baseline is the first
             ranked.append((*sweep_rank(passes, worst), -len(ranked), configuration))
     if ranked:
-        fields = "over_clustering:min_group_fraction[:reseed_clusters:threshold[:nesting]]"
+        fields = "over_clustering:min_group_fraction[:reseed_clusters:threshold[:nesting[:third_grouping]]]"
         print(f"\nThe rule picks {max(ranked)[-1]} ({fields}).")
 
 

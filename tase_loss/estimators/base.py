@@ -19,7 +19,7 @@ __all__ = ["MAX_SEED", "FrequencyEstimate", "FrequencyEstimator"]
 
 MAX_SEED = 2**31 - 2**16
 """The largest seed an estimator takes. FAISS keeps seeds in a C ``int``, and an estimator
-may use ``seed + j`` for a member ``j`` of an ensemble or a second grouping."""
+may use ``seed + j`` for a member ``j`` of an ensemble or a second or third grouping."""
 
 
 @dataclass(frozen=True)
