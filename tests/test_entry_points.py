@@ -92,10 +92,14 @@ TINY_RUNS = {
     "studies/stable_count_trust.py": (["--max-count", "100", "--dims", "32", "--seeds", "0"], "| high |"),
     "studies/stable_count_grouping.py": (
         [
-            *("--configurations", "10:0.1,10:0.1:5:1:0.75", "--max-count", "100", "--dims", "32", "--seeds", "100"),
+            *("--configurations", "10:0.1,10:0.1:5:1:0.75:1", "--max-count", "100", "--dims", "32", "--seeds", "100"),
             *("--digits-seeds", "0", "--output", "{tmp}"),
         ],
-        "| 10 | 0.1 | 10 + 10 | 5, 1 | 0.75 |",
+        "| 10 | 0.1 | 10 + 10 | 5, 1 | 0.75 | yes |",
+    ),
+    "studies/stable_count_seeds.py": (
+        ["--max-count", "100", "--dims", "32", "--seeds", "0", "--offsets", "0,1000"],
+        "| third-grouping | mixture's + 1000 |",
     ),
     "studies/stable_count_within.py": (
         ["--values", "0.5", "--max-count", "100", "--dims", "32", "--seeds", "100"], "The rule picks within = 0.5"
