@@ -109,8 +109,9 @@ class StableCountEstimator(FrequencyEstimator):
        continuum do not. With ``third_grouping``, where ``a`` lies strictly between
        ``unstable`` and ``stable`` (the two half agree), a third grouping (seed
        ``seed + 2``) is made, and the pair of the three that agrees best takes the place
-       of the first two (its lower seed first; ``a`` its index), so that one k-means run
-       stuck in a poor optimum does not pull the estimate towards the density.
+       of the first two (the one of lower seed first; ``a`` is then that pair's index),
+       so that one k-means run stuck in a poor optimum does not pull the estimate
+       towards the density.
     3. Trust ``t = clip((a - unstable) / (stable - unstable), 0, 1)``.
     4. Shares ``s_i``: the share of ``i``'s group ``g`` in the first grouping, or, where
        ``i``'s group ``h`` in the second grouping is smaller and lies at least ``nesting``
