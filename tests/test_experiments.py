@@ -102,12 +102,19 @@ def test_cli_bad_arrays_one_line(capsys, tmp_path, overrides, fragment):
     assert len(lines) == 1 and fragment in lines[0], lines
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", "{}", '"text"', '{"runs": []}'])
+@pytest.mark.parametrize("content", ["[1, 2]", "{}", '"text"', '{"runs": []}', '{"partial": false, "runs": []}'])
 def test_cli_merge_of_a_json_that_is_no_results_file_is_one_line(capsys, tmp_path, content):
     path = tmp_path / "other.json"
     path.write_text(content)
     code, lines = _run_main(capsys, ["--merge", str(path), "--output", str(tmp_path / "merged")])
     assert code == 2 and len(lines) == 1 and "other.json is not a results JSON of tase-experiment" in lines[0], lines
+
+
+def test_cli_merge_of_an_unfinished_results_file_names_it(capsys, tmp_path):
+    path = tmp_path / "running.json"
+    path.write_text('{"command": "tase-experiment", "partial": true, "runs": []}')
+    code, lines = _run_main(capsys, ["--merge", str(path), "--output", str(tmp_path / "merged")])
+    assert code == 2 and len(lines) == 1 and "running.json is an unfinished results file" in lines[0], lines
 
 
 def test_cli_missing_array_and_probe(capsys, tmp_path):

@@ -86,8 +86,9 @@ def _merge(paths: list[str], output_dir: str, knn_k: int) -> int:
                 part = json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not a results JSON: {error}") from None
-        results = isinstance(part, dict) and isinstance(part.get("runs"), list) and part.keys() & {"dataset", "partial"}
-        if not results:
+        if isinstance(part, dict) and part.get("partial"):
+            raise ValueError(f"{path} is an unfinished results file (it says partial): resume its run first")
+        if not (isinstance(part, dict) and isinstance(part.get("runs"), list) and "dataset" in part):
             raise ValueError(f"{path} is not a results JSON of {PROGRAM} (an object with 'dataset' and 'runs')")
         parts.append(part)
     _report(merge_results(parts), output_dir, knn_k)
