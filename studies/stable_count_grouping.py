@@ -133,6 +133,8 @@ def main() -> None:
     for configuration in configurations:
         if configuration.count(":") not in (1, 3, 4, 5):
             parser.error(f"--configurations: {configuration!r} has not 2, 4, 5 or 6 fields")
+        if configuration.count(":") == 5 and not configuration.endswith((":0", ":1")):
+            parser.error(f"--configurations: {configuration!r}: third_grouping (the sixth field) must be 0 or 1")
     for configuration in configurations:
         fields = configuration.split(":")
         fields += ["0", "1", "none", "0"][len(fields) - 2 :]  # no reseeding, no nesting, no third grouping

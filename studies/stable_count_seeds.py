@@ -41,8 +41,9 @@ def main() -> None:
     parser.add_argument("--variants", default="default,third-grouping", help=f"of {', '.join(VARIANTS)}")
     arguments = parser.parse_args()
     variants = arguments.variants.split(",")
-    if not set(variants) <= set(VARIANTS):
-        parser.error(f"--variants: {arguments.variants!r} names none of {', '.join(VARIANTS)}")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: {', '.join(unknown)} not among {', '.join(VARIANTS)}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     seeds = [int(seed) for seed in arguments.seeds.split(",")]
     dims = [int(dim) for dim in arguments.dims.split(",")]

@@ -191,6 +191,7 @@ class StableCountEstimator(FrequencyEstimator):
     """
 
     name = "stable-count"
+    third_grouping: bool = False  # what an estimator pickled before the option had
 
     def __init__(
         self,
