@@ -105,6 +105,12 @@ def main() -> None:
     parser.add_argument("--max-count", type=int, default=2000, help="largest planted class (a size knob)")
     parser.add_argument("--digits-seeds", default="10,11,12", help="digits encoder seeds (development), or 'none'")
     arguments = parser.parse_args()
+    configurations = arguments.configurations.split(",")
+    for configuration in configurations:
+        if configuration.count(":") not in (1, 3, 4, 5):
+            parser.error(f"--configurations: {configuration!r} has not 2, 4, 5 or 6 fields")
+        if configuration.count(":") == 5 and not configuration.endswith((":0", ":1")):
+            parser.error(f"--configurations: {configuration!r}: third_grouping (the sixth field) must be 0 or 1")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     seeds = [int(seed) for seed in arguments.seeds.split(",")]
     dims = [int(dim) for dim in arguments.dims.split(",")]
@@ -129,12 +135,6 @@ def main() -> None:
     )
     baseline_moderate = None
     ranked = []
-    configurations = arguments.configurations.split(",")
-    for configuration in configurations:
-        if configuration.count(":") not in (1, 3, 4, 5):
-            parser.error(f"--configurations: {configuration!r} has not 2, 4, 5 or 6 fields")
-        if configuration.count(":") == 5 and not configuration.endswith((":0", ":1")):
-            parser.error(f"--configurations: {configuration!r}: third_grouping (the sixth field) must be 0 or 1")
     for configuration in configurations:
         fields = configuration.split(":")
         fields += ["0", "1", "none", "0"][len(fields) - 2 :]  # no reseeding, no nesting, no third grouping
