@@ -180,7 +180,7 @@ def test_estimator_study_names_each_merged_run_by_its_own_job(tmp_path):
 
 @pytest.mark.slow
 def test_pseudo_label_quality_study_on_a_runner_checkpoint(tmp_path):
-    """The runner trains one tiny digits encoder; the study reads its checkpoint."""
+    """The runner trains one tiny digits encoder; the studies that read checkpoints read it."""
     output = tmp_path / "run"
     _ok(_run([sys.executable, "-m", "tase_loss.experiments", "--methods", "ntxent", "--seeds", "0", "--epochs", "1",
               "--checkpoint-every", "1", "--no-progress", "--output", str(output)]))
@@ -191,6 +191,9 @@ def test_pseudo_label_quality_study_on_a_runner_checkpoint(tmp_path):
     result = json.loads(rows.read_text())
     k_rows = [row for row in result["rows"] if row["k"] == 10]
     assert len(k_rows) == 1 and 0.0 <= k_rows[0]["nmi"] <= 1.0 and 0.0 < result["true_few_over_many"] < 1.0
+    table = _ok(_run([sys.executable, "studies/density_smoothing.py", "--checkpoints", str(checkpoint),
+                      "--neighbors", "10", "--rounds", "0,3", "--graph", "20"]))
+    assert table.count("| ntxent_seed0.pt |") == 6, table  # 2 feature kinds x (stable-count + 2 densities)
 
 
 @pytest.mark.slow
