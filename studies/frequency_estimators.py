@@ -364,6 +364,13 @@ def planted_mixtures(
     ]
 
 
+def sweep_mixtures(seeds: str, dims: str, max_count: int) -> dict[str, list[tuple[int, tuple[np.ndarray, np.ndarray]]]]:
+    """The stable-count sweeps' mixtures at low and moderate overlap, from their comma-separated
+    ``--seeds`` and ``--dims`` (:func:`planted_mixtures`)."""
+    seed_list, dim_list = ([int(value) for value in text.split(",")] for text in (seeds, dims))
+    return {overlap: planted_mixtures(overlap, seed_list, dim_list, max_count) for overlap in ("low", "moderate")}
+
+
 def sweep_quality(estimator: FrequencyEstimator, points: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, Any]:
     """One estimate's :func:`frequency_quality` on a planted mixture, and its ``trust`` (or ``None``)."""
     estimate = estimator.estimate(torch.from_numpy(points), seed=seed)

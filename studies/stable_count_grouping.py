@@ -74,7 +74,7 @@ from frequency_estimators import (
     _encoder_features,
     _train_digits,
     keeps_moderate,
-    planted_mixtures,
+    sweep_mixtures,
     sweep_quality,
     sweep_rank,
     target_cells,
@@ -112,9 +112,7 @@ def main() -> None:
         if configuration.count(":") == 5 and not configuration.endswith((":0", ":1")):
             parser.error(f"--configurations: {configuration!r}: third_grouping (the sixth field) must be 0 or 1")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    seeds = [int(seed) for seed in arguments.seeds.split(",")]
-    dims = [int(dim) for dim in arguments.dims.split(",")]
-    mixtures = {overlap: planted_mixtures(overlap, seeds, dims, arguments.max_count) for overlap in ("low", "moderate")}
+    mixtures = sweep_mixtures(arguments.seeds, arguments.dims, arguments.max_count)
     encoders = []
     if arguments.digits_seeds != "none":
         runs = _train_digits(os.path.join(arguments.output, "digits_ntxent"), "ntxent", seeds=arguments.digits_seeds)

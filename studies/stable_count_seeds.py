@@ -26,7 +26,7 @@ import torch
 from tase_loss import StableCountEstimator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from frequency_estimators import PLANTED_DIMS, TARGET_COLUMNS, planted_mixtures, sweep_quality, target_cells
+from frequency_estimators import PLANTED_DIMS, TARGET_COLUMNS, sweep_mixtures, sweep_quality, target_cells
 
 VARIANTS = {"default": {}, "third-grouping": {"third_grouping": True}}
 """``--variants`` names and the ``StableCountEstimator`` options they set."""
@@ -45,10 +45,8 @@ def main() -> None:
     if unknown:
         parser.error(f"--variants: {', '.join(unknown)} not among {', '.join(VARIANTS)}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    seeds = [int(seed) for seed in arguments.seeds.split(",")]
-    dims = [int(dim) for dim in arguments.dims.split(",")]
     offsets = [int(offset) for offset in arguments.offsets.split(",")]
-    mixtures = {overlap: planted_mixtures(overlap, seeds, dims, arguments.max_count) for overlap in ("low", "moderate")}
+    mixtures = sweep_mixtures(arguments.seeds, arguments.dims, arguments.max_count)
     print(
         f"{len(mixtures['low'])} separable and {len(mixtures['moderate'])} moderate-overlap mixtures "
         f"(seeds {arguments.seeds})\n\n| variant | estimator seed | {TARGET_COLUMNS} "

@@ -38,7 +38,7 @@ from frequency_estimators import (
     PLANTED_DIMS,
     TARGET_COLUMNS,
     keeps_moderate,
-    planted_mixtures,
+    sweep_mixtures,
     sweep_quality,
     sweep_rank,
     target_cells,
@@ -53,9 +53,7 @@ def main() -> None:
     parser.add_argument("--max-count", type=int, default=2000, help="largest planted class (a size knob)")
     arguments = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    seeds = [int(seed) for seed in arguments.seeds.split(",")]
-    dims = [int(dim) for dim in arguments.dims.split(",")]
-    mixtures = {overlap: planted_mixtures(overlap, seeds, dims, arguments.max_count) for overlap in ("low", "moderate")}
+    mixtures = sweep_mixtures(arguments.seeds, arguments.dims, arguments.max_count)
     print(
         f"{len(mixtures['low'])} separable and {len(mixtures['moderate'])} moderate-overlap mixtures "
         f"(seeds {arguments.seeds})\n\n"
