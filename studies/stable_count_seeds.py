@@ -5,9 +5,9 @@ mixture's seed, and its rule counts the separable targets "in every mixture". Th
 re-runs ``stable-count`` on the same mixtures with the estimator's seed shifted by each
 ``--offsets`` value (the mixtures stay the same; offset 0 is the study's run) and prints,
 per offset, how many mixtures meet each of issue 22's four separable targets, and the
-moderate-overlap means the sweeps' rule guards. ``--variants`` adds
-``StableCountEstimator(third_grouping=True)`` (a third grouping where the first two
-half agree) beside the default.
+moderate-overlap means the sweeps' rule guards, for each of ``--variants``: the default
+and ``StableCountEstimator(third_grouping=True)`` (a third grouping where the first two
+half agree).
 
     python studies/stable_count_seeds.py                 # the figures in docs/results.md (held-out seeds 0-2)
     python studies/stable_count_seeds.py --seeds 100,101,102,103   # the development mixtures
