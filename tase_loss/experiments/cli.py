@@ -75,7 +75,7 @@ def _report(results: dict, output_dir: str, knn_k: int) -> None:
 def _merge(paths: list[str], output_dir: str, knn_k: int) -> int:
     import json
 
-    from tase_loss.experiments.runner import merge_results
+    from tase_loss.experiments.runner import check_results_file, merge_results
 
     parts = []
     for path in paths:
@@ -86,11 +86,7 @@ def _merge(paths: list[str], output_dir: str, knn_k: int) -> int:
                 part = json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not a results JSON: {error}") from None
-        if isinstance(part, dict) and part.get("partial"):
-            raise ValueError(f"{path} is an unfinished results file (it says partial): resume its run first")
-        if not (isinstance(part, dict) and isinstance(part.get("runs"), list) and "dataset" in part):
-            raise ValueError(f"{path} is not a results JSON of {PROGRAM} (an object with 'dataset' and 'runs')")
-        parts.append(part)
+        parts.append(check_results_file(part, path))
     _report(merge_results(parts), output_dir, knn_k)
     return 0
 

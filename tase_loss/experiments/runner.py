@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import tase_loss
+from tase_loss.experiments.arguments import PROGRAM
 from tase_loss.experiments.augmentations import simclr_augmentation
 from tase_loss.experiments.data import LongTailedData
 from tase_loss.experiments.encoders import build_model
@@ -312,6 +313,20 @@ def run_experiment(
     }
 
 
+def check_results_file(part: object, name: str) -> dict[str, Any]:
+    """Require a finished results file of the runner; ``name`` is what errors call it.
+
+    Raises:
+        ValueError: if ``part`` says ``partial`` (its run is unfinished) or is not an
+            object with ``dataset`` and a ``runs`` list.
+    """
+    if isinstance(part, dict) and part.get("partial"):
+        raise ValueError(f"{name} is an unfinished results file (it says partial): resume its run first")
+    if not (isinstance(part, dict) and isinstance(part.get("runs"), list) and "dataset" in part):
+        raise ValueError(f"{name} is not a results JSON of {PROGRAM} (an object with 'dataset' and 'runs')")
+    return part
+
+
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine results of the same dataset run as separate jobs (e.g. one per method).
 
@@ -321,16 +336,13 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     over, so seeds can be added to a committed table later.
 
     Raises:
-        ValueError: if the parts differ in dataset, a part is unfinished, or two
-            parts hold the same (method, seed) run.
+        ValueError: if a part is no finished results file (:func:`check_results_file`),
+            the parts differ in dataset, or two parts hold the same (method, seed) run.
     """
     if not parts:
         raise ValueError("nothing to merge")
-    for part in parts:
-        if part.get("partial"):
-            raise ValueError("cannot merge an unfinished results file (it says partial)")
-        if "dataset" not in part or not isinstance(part.get("runs"), list):
-            raise ValueError("cannot merge: a part is not a results file (no 'dataset' or 'runs')")
+    for number, part in enumerate(parts, 1):
+        check_results_file(part, f"part {number} of the merge")
         if part["dataset"] != parts[0]["dataset"]:
             raise ValueError("cannot merge results of different datasets")
     runs = [run for part in parts for run in part["runs"]]
