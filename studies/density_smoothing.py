@@ -75,15 +75,17 @@ def main() -> None:
             flush=True,
         )
 
+    graphs = _integers(arguments.graph)
+    settings = [
+        (k, rounds, graph)
+        for k, rounds, graph in itertools.product(_integers(arguments.neighbors), _integers(arguments.rounds), graphs)
+        if rounds or graph == graphs[0]  # no smoothing: the graph plays no part
+    ]
     for checkpoint in arguments.checkpoints:
         name = checkpoint.rsplit("/", 1)[-1]
         for kind, points in zip(("backbone", "projection"), _encoder_features(data, arguments.encoder, checkpoint)):
             row(name, kind, StableCountEstimator(), points, "stable-count (default) | 10 | 10 | 20")
-            for k, rounds, graph in itertools.product(
-                _integers(arguments.neighbors), _integers(arguments.rounds), _integers(arguments.graph)
-            ):
-                if rounds == 0 and graph != _integers(arguments.graph)[0]:
-                    continue  # no smoothing: the graph plays no part
+            for k, rounds, graph in settings:
                 estimator = KNNDensityEstimator(k, smoothing_rounds=rounds, graph_neighbors=graph)
                 row(name, kind, estimator, points, f"knn-density | {k} | {rounds} | {graph}")
 
